@@ -1,0 +1,5 @@
+import sys
+
+from quranft.cli import main
+
+sys.exit(main())

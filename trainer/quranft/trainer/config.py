@@ -1,0 +1,196 @@
+"""Typed run configuration: the single contract between the operator and the training Job.
+
+The operator writes it as JSON (camelCase keys, the same names as the CRD's spec fields); the CLI reads it
+with `--config FILE` and `--set a.b=c`. Pure pydantic: importing this module must not import torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+QURAN_CORPUS = "rabah2026/Quran-Ayah-Corpus"
+RETASY_CORPUS = "RetaSy/quranic_audio_dataset"
+RETASY_BAD_LABELS = ("in_correct", "not_related_quran", "not_match_aya")
+PRODUCTION_BASE_MODEL = "nvidia/stt_ar_fastconformer_hybrid_large_pcd_v1.0"
+# The production model has 17 encoder layers; `tiny` a handful. Checked against the real model at load.
+MAX_ENCODER_LAYERS = 64
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists each bad field as `path: reason`."""
+
+
+class _Model(BaseModel):
+    # camelCase on the wire (matches the CRD), snake_case in Python; unknown keys are errors, not ignored.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              validate_assignment=True)
+
+
+class RunSpec(_Model):
+    name: str = Field("run", pattern=r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$",
+                      description="Run name; names runs/<name>/ in the workspace.")
+    namespace: str = Field("default", description="Kubernetes namespace, used as a metrics label.")
+    workspace: Path = Field(Path("/workspace"), description="Root of the shared volume (the PVC).")
+
+
+class BlendSpec(_Model):
+    dataset: str = Field(RETASY_CORPUS, description="Hub dataset blended into the training split.")
+    local_path: Path | None = Field(None, description="Local copy of the blend dataset (air-gapped).")
+    split: str = "train"
+    max_samples: int = Field(6000, ge=1, description="At most this many blended samples.")
+    exclude_labels: list[str] = Field(default_factory=lambda: list(RETASY_BAD_LABELS),
+                                      description="Rows whose label is one of these are dropped.")
+    text_column: str = "Aya"
+    duration_ms_column: str = "duration_ms"
+    label_column: str = "final_label"
+
+
+class DataSpec(_Model):
+    source: Literal["hub", "local"] = Field("hub", description="Hub dataset name or a local directory.")
+    dataset: str = Field(QURAN_CORPUS, description="Hub dataset name (source=hub).")
+    local_path: Path | None = Field(None, description="Directory `datasets` can load (source=local).")
+    train_split: str = "train"
+    val_split: str = "validation"
+    max_train_samples: int | None = Field(None, ge=1)
+    max_val_samples: int | None = Field(None, ge=1)
+    blend: BlendSpec | None = None
+    min_duration_seconds: float = Field(0.6, gt=0)
+    max_duration_seconds: float = Field(30.0, gt=0)
+    text_column: str = "text"
+    audio_column: str = "audio"
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSpec":
+        if self.min_duration_seconds >= self.max_duration_seconds:
+            raise ValueError("minDurationSeconds must be below maxDurationSeconds")
+        if self.source == "local" and self.local_path is None:
+            raise ValueError("source=local needs localPath")
+        return self
+
+
+class FreezeSpec(_Model):
+    preprocessor: bool = Field(True, description="Freeze the mel-spectrogram preprocessor.")
+    encoder_layers: int = Field(0, ge=0, le=MAX_ENCODER_LAYERS, description="Freeze the first N encoder layers.")
+    rnnt_decoder: bool = Field(True, description="Freeze the RNNT prediction network and joint.")
+
+
+class TrainingSpec(_Model):
+    base_model: str = Field(PRODUCTION_BASE_MODEL, min_length=1,
+                            description="Hub model name, a local .nemo path, or `tiny` (CPU stub).")
+    mode: Literal["ctcOnly", "hybrid"] = Field("ctcOnly", description="ctcOnly never touches the RNNT loss.")
+    max_steps: int = Field(2000, ge=1, le=10_000_000)
+    batch_size: int = Field(12, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    learning_rate: float = Field(5e-5, gt=0, le=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    ctc_weight: float = Field(0.3, ge=0, le=1, description="CTC share of the hybrid loss.")
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec)
+    precision: Literal["auto", "bf16-mixed", "16-mixed", "32"] = Field(
+        "auto", description="auto: bf16-mixed on GPU, 32 on CPU.")
+    val_check_interval: int = Field(200, ge=1, description="Validate (CTC WER) every N steps.")
+    checkpoint_every_n_steps: int = Field(100, ge=1)
+    gradient_clip_val: float = Field(1.0, ge=0)
+    half_precision_weights: bool = Field(False, description="Store model.nemo weights in fp16.")
+    seed: int = 1234
+    num_workers: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingSpec":
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError("warmupSteps must be below maxSteps")
+        return self
+
+
+class MetricsSpec(_Model):
+    port: int = Field(9400, ge=0, le=65535, description="Prometheus port; 0 disables the endpoint.")
+    progress_interval_seconds: float = Field(5.0, gt=0)
+
+
+class RunConfig(_Model):
+    run: RunSpec = Field(default_factory=RunSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+
+    # Derived locations in the workspace (docs/contracts.md).
+    @property
+    def data_dir(self) -> Path:
+        return self.run.workspace / "data" / data_spec_hash(self.data)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.workspace / "runs" / self.run.name
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One `field.path: reason` line per problem, with camelCase paths as the user wrote them."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _parse_scalar(raw: str) -> Any:
+    """`--set` values: JSON when it parses (numbers, true/false/null, lists), else the plain string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides (camelCase or snake_case keys) to a raw config document."""
+    doc = json.loads(json.dumps(doc))  # deep copy; never mutate the caller's document
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        *parents, leaf = [to_camel(part) for part in key.split(".")]
+        node = doc
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not an object")
+            node = child
+        node[leaf] = _parse_scalar(raw)
+    return doc
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a JSON config file (or start from defaults), apply overrides, validate. Raises ConfigError."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config {path}: top level must be an object")
+    doc = apply_overrides(doc, overrides or [])
+    try:
+        return RunConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return cfg.model_dump_json(by_alias=True, indent=2)
+
+
+def data_spec_hash(data: DataSpec | dict[str, Any]) -> str:
+    """The data cache key: 12 hex chars over the normalised data spec (all fields, defaults included).
+
+    Sibling experiments with the same data (v2..v5 of the plan) share one prepared directory.
+    """
+    spec = data if isinstance(data, DataSpec) else DataSpec.model_validate(data)
+    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
