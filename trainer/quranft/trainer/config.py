@@ -155,7 +155,9 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         *parents, leaf = [to_camel(part) for part in key.split(".")]
         node = doc
         for part in parents:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent or null (e.g. `"blend": null`): setting a field creates the object
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not an object")
             node = child
