@@ -1,0 +1,1 @@
+"""Verse-recognition benchmark: transcribe recitations, identify verses, score, compare, decide."""
