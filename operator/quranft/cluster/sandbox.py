@@ -1,0 +1,73 @@
+"""Container launcher: `python -I -S sandbox.py SPEC.json` enters a private mount namespace, bind-mounts
+the pod's volumes at the paths the spec names, then execs the container's command.
+
+Stdlib only and run by path (not imported), so it starts in milliseconds and never sees the agent's
+modules. Needs root (CAP_SYS_ADMIN), which CI has. Mount points that do not exist are created on the
+host as empty files/directories; what is mounted on them is visible only inside the namespace.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(), None, flags, None),
+           f"mount {source} -> {target}")
+
+
+def enter_namespace() -> None:
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # Private propagation: our binds must not leak back to the host (`unshare --propagation private`).
+    _mount(None, "/", MS_REC | MS_PRIVATE)
+
+
+def bind(source: str, target: str, read_only: bool) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target) or "/", exist_ok=True)
+        if not os.path.exists(target):
+            open(target, "a").close()
+    _mount(source, target, MS_BIND | MS_REC)
+    if read_only:
+        _mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(open(argv[1]).read())
+    try:
+        enter_namespace()
+        # Parents before children, so a mount inside another mount's path lands on top of it.
+        for m in sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/")):
+            bind(m["source"], m["target"], m["readOnly"])
+        workdir = spec.get("workingDir") or "/"
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+    except OSError as err:
+        print(f"embedded node agent: cannot set up the container: {err}", file=sys.stderr, flush=True)
+        return 128
+    argv_ = spec["argv"]
+    try:
+        os.execvpe(argv_[0], argv_, spec["env"])
+    except OSError as err:
+        print(f"exec {argv_[0]!r} failed: {err.strerror}", file=sys.stderr, flush=True)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,42 @@
+"""Shared fixtures: the embedded Kubernetes cluster (once per session) and a fresh namespace per test.
+
+`cluster` reuses a cluster that `quranft cluster up` already started (same state dir), otherwise starts
+one (building the binaries on first use) and stops it at the end of the session.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    from quranft.cluster import controlplane
+
+    existing = controlplane.attach()
+    handle = existing or controlplane.up(log=lambda msg: print(msg))
+    yield handle
+    if existing is None:
+        controlplane.down(log=lambda msg: None)
+
+
+@pytest.fixture
+def namespace(cluster):
+    """A random namespace, ready for pods (its default ServiceAccount exists); deleted afterwards."""
+    from kubernetes import client
+
+    api = cluster.api_client()
+    core = client.CoreV1Api(api)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + 60
+    # The serviceaccount controller creates `default` asynchronously; pod admission needs it.
+    while not core.list_namespaced_service_account(name).items:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespace {name}: default ServiceAccount never appeared")
+        time.sleep(0.1)
+    yield name
+    core.delete_namespace(name)
+    api.close()
