@@ -1,0 +1,57 @@
+"""`quranft operator`: run the QuranFineTune controller."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from .settings import settings_from_env
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quranft operator", description="Run the QuranFineTune controller (kopf).")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[],
+                       help="Watch this namespace (repeatable; globs allowed). Default: all namespaces.")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="Watch all namespaces (default).")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 8080; 0 disables).")
+    p.add_argument("--max-concurrent-trainings", type=int, help="Runs training at once, all namespaces (0: no limit).")
+    p.add_argument("--max-gpus-per-namespace", type=int, help="GPUs held by runs per namespace (0: no limit).")
+    p.add_argument("--image-tag", help="Tag of the default stage images.")
+    p.add_argument("--gpu-image", help="Default trainer image for gpus > 0.")
+    p.add_argument("--cpu-image", help="Default trainer image for gpus == 0.")
+    p.add_argument("--progress-interval", type=float, help="Seconds between reads of the training log.")
+    p.add_argument("--termination-grace-seconds", type=int, help="Grace for a training pod to checkpoint.")
+    p.add_argument("--stage-command", action="append", default=[], metavar="STAGE=JSON",
+                   help='Replace a stage command for all runs, e.g. train=\'["python","-c","..."]\' (tests).')
+    p.add_argument("--allow-command-overrides", action="store_true", default=None,
+                   help="Honour the quranft.io/stage-commands annotation (tests only).")
+    p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument("--verbose", "-v", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    commands = {}
+    for item in args.stage_command:
+        stage, _, raw = item.partition("=")
+        commands[stage] = json.loads(raw)
+    settings = settings_from_env(
+        metrics_port=args.metrics_port, max_concurrent_trainings=args.max_concurrent_trainings,
+        max_gpus_per_namespace=args.max_gpus_per_namespace, image_tag=args.image_tag, gpu_image=args.gpu_image,
+        cpu_image=args.cpu_image, progress_interval=args.progress_interval,
+        termination_grace_seconds=args.termination_grace_seconds,
+        allow_command_overrides=args.allow_command_overrides,
+        stage_commands=commands or None)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
+             liveness_endpoint=args.liveness, memo=kopf.Memo(settings=settings))
+    return 0

@@ -1,0 +1,119 @@
+"""Compact, immutable views of the children we watch (Jobs, their pods), parsed from API objects.
+
+kopf indexes keep these views instead of whole bodies, so memory stays small with hundreds of runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    phase: str = "Pending"
+    created: datetime | None = None
+    exit_code: int | None = None
+    terminated_reason: str | None = None
+    message: str | None = None  # termination message (or log tail with FallbackToLogsOnError)
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    running: bool = False
+    disrupted: bool = False  # DisruptionTarget condition: preemption, eviction, node drain
+    job_uid: str = ""  # the Job that created it (a same-named Job of a deleted resource has another uid)
+    unschedulable: str | None = None  # the scheduler's message while PodScheduled is False
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    stage: str
+    generation: int = 1
+    uid: str = ""
+    owner_uid: str = ""  # the QuranFineTune that owns it
+    created: datetime | None = None
+    suspended: bool = False
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None  # Job condition Failed: BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy
+    failed_message: str | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    pods: tuple[PodView, ...] = field(default_factory=tuple)
+    quota_message: str | None = None  # FailedCreate event of the Job controller (ResourceQuota)
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_reason is not None
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    view: dict[str, Any] = {"name": meta.get("name", ""), "phase": status.get("phase") or "Pending",
+                            "created": parse_time(meta.get("creationTimestamp")),
+                            "job_uid": _controller_uid(meta)}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            view["disrupted"] = True
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and \
+                cond.get("reason") == "Unschedulable":
+            view["unschedulable"] = cond.get("message") or "Unschedulable"
+    statuses = status.get("containerStatuses") or []
+    if statuses:
+        state = statuses[0].get("state") or {}
+        last = statuses[0].get("lastState") or {}
+        term = state.get("terminated") or last.get("terminated")
+        if term:
+            view.update(exit_code=term.get("exitCode"), terminated_reason=term.get("reason"),
+                        message=term.get("message"))
+        if state.get("waiting"):
+            view.update(waiting_reason=state["waiting"].get("reason"),
+                        waiting_message=state["waiting"].get("message"))
+        if state.get("running"):
+            view["running"] = True
+    return PodView(**view)
+
+
+def job_view(job: Mapping[str, Any], pods: tuple[PodView, ...] = (), quota_message: str | None = None) -> JobView:
+    from .builders import LABEL_GENERATION, LABEL_STAGE
+
+    meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+    labels = meta.get("labels") or {}
+    complete, failed_reason, failed_message = False, None, None
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            complete = True
+        elif cond.get("type") == "Failed":
+            failed_reason, failed_message = cond.get("reason") or "Failed", cond.get("message")
+    return JobView(
+        name=meta.get("name", ""), stage=labels.get(LABEL_STAGE, ""),
+        generation=int(labels.get(LABEL_GENERATION) or 1), uid=meta.get("uid", ""), owner_uid=_controller_uid(meta),
+        created=parse_time(meta.get("creationTimestamp")), suspended=bool(spec.get("suspend")),
+        active=int(status.get("active") or 0), ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0), failed=int(status.get("failed") or 0),
+        complete=complete, failed_reason=failed_reason, failed_message=failed_message,
+        start_time=parse_time(status.get("startTime")), completion_time=parse_time(status.get("completionTime")),
+        pods=tuple(sorted(pods, key=lambda p: (p.created.timestamp() if p.created else 0.0, p.name))),
+        quota_message=quota_message,
+    )
+
+
+def _controller_uid(meta: Mapping[str, Any]) -> str:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid", ""))
+    return ""

@@ -1,0 +1,56 @@
+"""Operator-wide settings: image defaults, budgets, intervals. Filled from flags/env by `cli.py`."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "quranft.io"
+VERSION = "v1alpha1"
+PLURAL = "quranfinetunes"
+KIND = "QuranFineTune"
+IMAGE_REPO = "ghcr.io/quran-finetune"
+DEFAULT_TAG = "0.1.0"
+STAGES = ("prepare", "train", "benchmark")
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_tag: str = Field(DEFAULT_TAG, description="Tag of the default stage images.")
+    gpu_image: str = Field("", description="Default trainer image when gpus > 0 (empty: <repo>/trainer:<tag>).")
+    cpu_image: str = Field("", description="Default trainer image when gpus == 0 (empty: <repo>/trainer-cpu:<tag>).")
+    image_pull_policy: str = "IfNotPresent"
+    max_concurrent_trainings: int = Field(0, ge=0, description="Training Jobs running at once, all namespaces (0: no limit).")
+    max_gpus_per_namespace: int = Field(0, ge=0, description="GPUs held by training Jobs per namespace (0: no limit).")
+    reconcile_interval: float = Field(5.0, gt=0, description="Seconds between reconcile passes per resource.")
+    progress_interval: float = Field(10.0, gt=0, description="Seconds between reads of the training pod's log.")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus port of the operator (0: off).")
+    termination_grace_seconds: int = Field(300, ge=1, description="Grace for a training pod to finish a step and checkpoint.")
+    # Tests only: per-resource command overrides through annotations (see builders.COMMAND_ANNOTATION).
+    allow_command_overrides: bool = False
+    # Per-stage command overrides for every resource, e.g. {"train": ["python", "-c", "..."]}.
+    stage_commands: dict[str, list[str]] = Field(default_factory=dict)
+
+    def default_image(self, gpus: int) -> str:
+        if gpus > 0:
+            return self.gpu_image or f"{IMAGE_REPO}/trainer:{self.image_tag}"
+        return self.cpu_image or f"{IMAGE_REPO}/trainer-cpu:{self.image_tag}"
+
+
+ENV_PREFIX = "QURANFT_OPERATOR_"
+
+
+def settings_from_env(env: dict[str, str] | None = None, **overrides: Any) -> OperatorSettings:
+    """Settings from QURANFT_OPERATOR_<FIELD> variables (JSON for dicts), then explicit overrides."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    for name, field in OperatorSettings.model_fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        values[name] = json.loads(raw) if field.annotation not in (str,) and raw[:1] in "{[" else raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return OperatorSettings.model_validate(values)

@@ -1,0 +1,479 @@
+"""Status derivation: ONE pure function from (spec, metadata, current status, observed children) to the
+new status and the next action. No I/O: the handlers gather the observations and apply the result.
+
+Phases: Pending -> Queued -> PreparingData -> Training -> Benchmarking -> Succeeded | Failed
+(Suspended while spec.suspend holds the active Job). Succeeded and Failed are terminal and sticky.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+from .observe import JobView, PodView
+
+TERMINAL = ("Succeeded", "Failed")
+MAX_MESSAGE_BYTES = 4096  # the kubelet's termination-message limit
+REASON_BY_EXIT = {2: "ConfigError", 3: "DataError", 4: "TrainingError", 5: "EnvironmentError"}
+IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+PERMANENT_WAIT_REASONS = {"InvalidImageName", "ErrImageNeverPull"}
+# Conditions that call for the user's attention are emitted as Warning events.
+WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted"}
+# A finished Job's pod status may reach us (separate watch) a moment after the Job's; wait this long.
+OBSERVATION_GRACE = timedelta(seconds=20)
+CONDITION_MESSAGE_LIMIT = 2048
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the handlers looked up for one pass."""
+    now: datetime
+    jobs: Mapping[str, JobView] = field(default_factory=dict)  # stage -> this resource's Job
+    config_error: str | None = None  # the trainer's schema rejected the spec
+    admitted: bool = True  # operator budget (max trainings, GPUs per namespace)
+    admission_message: str = ""
+    sibling_data: str | None = None  # sibling with DataReady for the same claim + data hash
+    sibling_preparing: str | None = None  # sibling preparing that same data right now
+    baseline_results: str | None = None  # spec.benchmark.baseline.qftRef: its results file, once ready
+    baseline_wait: str | None = None  # ... still running
+    baseline_error: str | None = None  # ... failed or missing
+    progress: Mapping[str, Any] | None = None  # last QURANFT_PROGRESS line of the training pod
+    lost: frozenset[str] = frozenset()  # stages whose Job the status names but the API no longer has
+
+
+@dataclass
+class Derived:
+    status: dict[str, Any]
+    action: str | None = None  # stage whose Job must be created
+    suspend: tuple[str, bool] | None = None  # (job name, desired spec.suspend) for an existing Job
+
+
+def now_iso(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str,
+                  generation: int, now: datetime) -> None:
+    """Upsert a Kubernetes-style condition; lastTransitionTime moves only when `status` flips."""
+    message = _clip(message, CONDITION_MESSAGE_LIMIT)
+    for cond in conditions:
+        if cond["type"] == ctype:
+            if cond.get("status") != status:
+                cond["lastTransitionTime"] = now_iso(now)
+            cond.update(status=status, reason=reason, message=message, observedGeneration=generation)
+            return
+    conditions.append({"type": ctype, "status": status, "reason": reason, "message": message,
+                       "observedGeneration": generation, "lastTransitionTime": now_iso(now)})
+
+
+def get_condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == ctype:
+            return cond
+    return None
+
+
+def condition_true(status: Mapping[str, Any], ctype: str) -> bool:
+    cond = get_condition(status, ctype)
+    return bool(cond and cond.get("status") == "True")
+
+
+def _clip(text: str, limit: int) -> str:
+    data = (text or "").encode()
+    return text if len(data) <= limit else data[: limit - 3].decode(errors="ignore") + "..."
+
+
+# --- termination messages ---------------------------------------------------------------------------------
+
+def parse_summary(message: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(summary, problem): problem is VerdictTruncated (hit the 4 KB cut) or VerdictUnparseable."""
+    if not message or not message.strip():
+        return None, "VerdictUnparseable"
+    text = message.strip().splitlines()[-1] if not message.strip().startswith("{") else message.strip()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return None, "VerdictTruncated" if len(message.encode()) >= MAX_MESSAGE_BYTES else "VerdictUnparseable"
+    if not isinstance(doc, dict):
+        return None, "VerdictUnparseable"
+    return doc, None
+
+
+def _succeeded_pod(job: JobView) -> PodView | None:
+    for pod in reversed(job.pods):
+        if pod.phase == "Succeeded" or (pod.exit_code == 0 and pod.terminated_reason):
+            return pod
+    return None
+
+
+def _last_failed_pod(job: JobView) -> PodView | None:
+    for pod in reversed(job.pods):
+        if pod.phase == "Failed" or (pod.exit_code not in (None, 0)):
+            return pod
+    return None
+
+
+_EXIT_IN_MESSAGE = re.compile(r"exit code (\d+)")
+
+
+def classify_failure(job: JobView) -> tuple[str, str]:
+    """(reason, message) for a failed Job, most specific first, so the user can act on it."""
+    pod = _last_failed_pod(job)
+    if job.failed_reason == "DeadlineExceeded":
+        return "DeadlineExceeded", job.failed_message or "the Job ran past activeDeadlineSeconds"
+    if pod is not None:
+        if pod.terminated_reason == "OOMKilled":
+            return "OOMKilled", f"pod {pod.name} ran out of memory (OOMKilled); raise spec.resources.memory " \
+                                "or lower training.batchSize"
+        summary, _ = parse_summary(pod.message)
+        if summary and summary.get("ok") is False and summary.get("reason"):
+            return str(summary["reason"]), str(summary.get("message") or "")
+        if pod.exit_code in REASON_BY_EXIT:
+            return REASON_BY_EXIT[pod.exit_code], _clip(pod.message or f"exit code {pod.exit_code}", 1024)
+        if pod.disrupted:
+            return "Preempted", f"pod {pod.name} was preempted or evicted"
+    match = _EXIT_IN_MESSAGE.search(job.failed_message or "")
+    if match and int(match.group(1)) in REASON_BY_EXIT:
+        return REASON_BY_EXIT[int(match.group(1))], job.failed_message or ""
+    if job.failed_reason == "BackoffLimitExceeded":
+        detail = f": last pod {pod.name} exit code {pod.exit_code}: {_clip(pod.message or '', 1024)}" if pod else ""
+        return "BackoffLimitExceeded", f"the Job failed after its retries{detail}"
+    return job.failed_reason or "JobFailed", job.failed_message or "the Job failed"
+
+
+def startup_problem(job: JobView, now: datetime, deadline_s: int) -> tuple[str, str, bool] | None:
+    """(reason, message, fatal) when the newest pod cannot start; fatal once the start-up deadline passed."""
+    if not job.pods:
+        return None
+    pod = job.pods[-1]
+    if pod.running or pod.terminated_reason or pod.phase in ("Running", "Succeeded", "Failed"):
+        return None
+    if pod.waiting_reason in IMAGE_PULL_REASONS:
+        reason, message = "ImagePullFailure", pod.waiting_message or pod.waiting_reason
+    elif pod.waiting_reason == "CreateContainerConfigError":
+        reason, message = "ContainerConfigError", pod.waiting_message or pod.waiting_reason
+    elif pod.unschedulable:
+        reason, message = "Unschedulable", pod.unschedulable
+    else:
+        reason, message = "", ""
+    age = (now - pod.created).total_seconds() if pod.created else 0.0
+    expired = age > deadline_s
+    if not reason and not expired:
+        return None
+    if not reason:
+        reason, message = "StartupDeadlineExceeded", f"pod {pod.name} did not start within {deadline_s}s"
+    fatal = expired or pod.waiting_reason in PERMANENT_WAIT_REASONS
+    if fatal and expired:
+        message = f"{message} (pod not running after startupDeadlineSeconds={deadline_s})"
+    return reason, message, fatal
+
+
+# --- the derivation -----------------------------------------------------------------------------------------
+
+class _Pass:
+    def __init__(self, spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any], obs: Observed):
+        self.spec, self.meta, self.obs = spec, meta, obs
+        self.generation = int(meta.get("generation") or 1)
+        self.old = status
+        self.new: dict[str, Any] = copy.deepcopy(dict(status))
+        self.new.setdefault("conditions", [])
+        self.new["observedGeneration"] = self.generation
+        self.action: str | None = None
+        self.suspend: tuple[str, bool] | None = None
+
+    def cond(self, ctype: str, status: bool | str, reason: str, message: str = "") -> None:
+        value = status if isinstance(status, str) else ("True" if status else "False")
+        set_condition(self.new["conditions"], ctype, value, reason, message, self.generation, self.obs.now)
+
+    def fail(self, reason: str, message: str) -> Derived:
+        self.new["phase"] = "Failed"
+        self.cond("Failed", True, reason, message)
+        self.new.setdefault("completionTime", now_iso(self.obs.now))
+        return self.done()
+
+    def done(self) -> Derived:
+        return Derived(self.new, self.action, self.suspend)
+
+    def phase(self, phase: str) -> None:
+        self.new["phase"] = phase
+
+    def job_name(self, stage: str, name: str) -> None:
+        self.new.setdefault("jobs", {})[stage] = name
+        self.new.setdefault("startTime", now_iso(self.obs.now))
+
+    def create(self, stage: str, phase: str) -> Derived:
+        self.action = stage
+        self.phase(phase)
+        self.new.setdefault("startTime", now_iso(self.obs.now))
+        return self.done()
+
+    def lost(self, stage: str) -> Derived:
+        return self.fail("JobLost", f"the {stage} Job {self.new.get('jobs', {}).get(stage)} disappeared before "
+                                    "its result was recorded (deleted, or removed by a TTL while the operator "
+                                    "was down); create the resource again to rerun")
+
+    def track_suspend(self, job: JobView) -> bool:
+        """Keep an unfinished Job's suspend flag in line with spec.suspend; True while it is suspended."""
+        want = bool(self.spec.get("suspend"))
+        if job.finished:
+            return False
+        if want and not job.suspended:
+            self.suspend = (job.name, True)
+        elif not want and job.suspended and not self.spec.get("queueName"):
+            self.suspend = (job.name, False)
+        if want:
+            self.phase("Suspended")
+            self.cond("Suspended", True, "SuspendedBySpec", "spec.suspend is true; set it to false to resume "
+                                                            "(training resumes from its last checkpoint)")
+            return True
+        if job.suspended and self.spec.get("queueName"):
+            self.phase("Queued")
+            self.cond("QuotaAdmitted", False, "WaitingForKueue",
+                      f"Job {job.name} waits for Kueue queue {self.spec['queueName']} to admit it")
+            return True
+        if get_condition(self.new, "Suspended"):
+            self.cond("Suspended", False, "Resumed", "spec.suspend is false")
+        return False
+
+    def running_stage(self, job: JobView, phase: str) -> Derived | None:
+        """Shared handling of an unfinished Job: suspension, quota, start-up problems. None: keep going."""
+        if self.track_suspend(job):
+            return self.done()
+        self.phase(phase)
+        if job.quota_message and not job.pods:
+            # Stay active: the Job controller retries, and the run proceeds by itself once quota frees.
+            self.cond("QuotaExceeded", True, "QuotaExceeded", job.quota_message)
+            return self.done()
+        if get_condition(self.new, "QuotaExceeded") and (job.pods or not job.quota_message):
+            self.cond("QuotaExceeded", False, "QuotaAvailable", "pods were created")
+        problem = startup_problem(job, self.obs.now, int(self.spec.get("startupDeadlineSeconds") or 600))
+        if problem:
+            reason, message, fatal = problem
+            if fatal:
+                self.suspend = (job.name, True)  # stops the stuck pod; the Job stays for inspection
+                return self.fail(reason, message)
+            self.cond("StartupBlocked", True, reason, message)
+        elif get_condition(self.new, "StartupBlocked"):
+            self.cond("StartupBlocked", False, "Started", "the pod is running")
+        return None
+
+    def finished_failed(self, job: JobView) -> Derived | None:
+        """A failed Job fails the run, once its pods' final state reached us (or after a grace)."""
+        reason, message = classify_failure(job)
+        if _last_failed_pod(job) is None and reason in ("BackoffLimitExceeded", "JobFailed", "PodFailurePolicy"):
+            # The pod's terminated state is still on its way; do not fix a vague reason forever.
+            if job.created and self.obs.now - job.created < OBSERVATION_GRACE and not job.pods:
+                return self.done()
+        return self.fail(reason, f"{job.stage} Job {job.name}: {message}")
+
+
+def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any] | None,
+           obs: Observed) -> Derived:
+    """The new status and the next action for one resource, from what is observed right now."""
+    p = _Pass(spec, meta, status or {}, obs)
+    if p.old.get("phase") in TERMINAL:
+        return p.done()  # sticky: a verdict or a failure is never rewritten by later observations
+    p.new.setdefault("phase", "Pending")
+    if obs.config_error:
+        return p.fail("ConfigError", f"the trainer would reject this spec: {obs.config_error}")
+    for stage in ("prepare", "train", "benchmark"):
+        if stage in obs.jobs:
+            p.job_name(stage, obs.jobs[stage].name)
+    if obs.progress:
+        _progress(p, obs.progress)
+
+    # 1. Operator budget: a run holds a slot from data preparation to the end of training (FIFO).
+    holds_slot = "prepare" in obs.jobs or "train" in obs.jobs or condition_true(p.new, "DataReady")
+    if not condition_true(p.new, "QuotaAdmitted"):
+        if not obs.admitted and not holds_slot:
+            p.phase("Queued")
+            p.cond("QuotaAdmitted", False, "OperatorBudget", obs.admission_message)
+            return p.done()
+        if not spec.get("queueName") or "train" in obs.jobs:
+            p.cond("QuotaAdmitted", True, "Admitted", obs.admission_message or "within the operator's budget")
+
+    # 2. Data.
+    if not condition_true(p.new, "DataReady"):
+        job = obs.jobs.get("prepare")
+        if job is None:
+            if "prepare" in obs.lost:
+                return p.lost("prepare")
+            if obs.sibling_data:
+                p.cond("DataReady", True, "ReusedFromSibling",
+                       f"data already prepared by {obs.sibling_data} on the same claim")
+                p.new.setdefault("data", {})["reusedFrom"] = obs.sibling_data
+            elif obs.sibling_preparing:
+                p.phase("PreparingData")
+                p.cond("DataReady", False, "WaitingForSibling",
+                       f"{obs.sibling_preparing} is preparing the same data on the same claim")
+                return p.done()
+            else:
+                p.cond("DataReady", False, "Preparing", "creating the data preparation Job")
+                return p.create("prepare", "PreparingData")
+        elif job.complete:
+            pod = _succeeded_pod(job)
+            summary, _ = parse_summary(pod.message if pod else None)
+            if summary:
+                data = p.new.setdefault("data", {})
+                if summary.get("stats") is not None:
+                    data["stats"] = summary["stats"]
+            p.cond("DataReady", True, "Prepared", f"Job {job.name} prepared the data")
+        elif job.failed_reason:
+            return p.finished_failed(job)
+        else:
+            result = p.running_stage(job, "PreparingData")
+            if result:
+                return result
+            p.cond("DataReady", False, "Preparing", f"Job {job.name} is preparing the data")
+            return p.done()
+
+    # 3. Training.
+    if not condition_true(p.new, "Trained"):
+        job = obs.jobs.get("train")
+        if job is None:
+            if "train" in obs.lost:
+                return p.lost("train")
+            if spec.get("suspend"):
+                p.phase("Suspended")
+                p.cond("Suspended", True, "SuspendedBySpec", "spec.suspend is true; no training Job is created")
+                return p.done()
+            if get_condition(p.new, "Suspended"):
+                p.cond("Suspended", False, "Resumed", "spec.suspend is false")
+            p.cond("Trained", False, "Training", "creating the training Job")
+            return p.create("train", "Training")
+        _resumes(p, job)
+        if job.complete:
+            pod = _succeeded_pod(job)
+            if pod is None and job.completion_time and obs.now - job.completion_time < OBSERVATION_GRACE:
+                return p.done()
+            summary, _ = parse_summary(pod.message if pod else None)
+            p.new["model"] = _model(spec, meta, summary)
+            if p.new.get("progress"):
+                p.new["progress"]["step"] = p.new["model"].get("step") or p.new["progress"].get("step")
+                _display(p.new["progress"])
+            p.cond("Trained", True, "Trained", f"Job {job.name} wrote {p.new['model']['path']}")
+        elif job.failed_reason:
+            return p.finished_failed(job)
+        else:
+            result = p.running_stage(job, "Training")
+            if result:
+                return result
+            p.cond("Trained", False, "Training", f"Job {job.name} is training")
+            return p.done()
+
+    # 4. Benchmark and verdict.
+    job = obs.jobs.get("benchmark")
+    if job is None:
+        if "benchmark" in obs.lost:
+            return p.lost("benchmark")
+        if obs.baseline_error:
+            return p.fail("BaselineUnavailable", obs.baseline_error)
+        if obs.baseline_wait:
+            p.phase("Benchmarking")
+            p.cond("Benchmarked", False, "WaitingForBaseline", obs.baseline_wait)
+            return p.done()
+        p.cond("Benchmarked", False, "Benchmarking", "creating the benchmark Job")
+        return p.create("benchmark", "Benchmarking")
+    if job.failed_reason:
+        return p.finished_failed(job)
+    if not job.complete:
+        result = p.running_stage(job, "Benchmarking")
+        if result:
+            return result
+        p.cond("Benchmarked", False, "Benchmarking", f"Job {job.name} is benchmarking")
+        return p.done()
+    pod = _succeeded_pod(job)
+    if pod is None or pod.message is None:
+        if job.completion_time is None or obs.now - job.completion_time < OBSERVATION_GRACE:
+            return p.done()  # the pod's final status is still on its way
+    summary, problem = parse_summary(pod.message if pod else None)
+    if summary is None or "verdict" not in summary:
+        problem = problem or "VerdictUnparseable"
+        size = len((pod.message or "").encode()) if pod else 0
+        message = (f"the benchmark's termination message ({size} bytes) "
+                   f"{'was cut at the 4 KB limit' if problem == 'VerdictTruncated' else 'is not the expected JSON'}"
+                   "; full results stay on the claim under runs/<name>/benchmark/")
+        p.cond(problem, True, problem, message)
+        p.cond("Benchmarked", False, problem, message)
+        return p.fail(problem, message)
+    return _verdict(p, summary)
+
+
+def _verdict(p: _Pass, summary: Mapping[str, Any]) -> Derived:
+    verdict = str(summary.get("verdict"))
+    p.new["verdict"] = verdict
+    p.new["benchmark"] = {k: summary.get(k) for k in ("metrics", "baseline", "deltas", "targets", "resultsPath")
+                          if summary.get(k) is not None}
+    metrics = summary.get("metrics") or {}
+    p.cond("Benchmarked", True, "Benchmarked",
+           f"recall {metrics.get('recall')}, sequenceAccuracy {metrics.get('sequenceAccuracy')}")
+    reason = {"improvement": "Improvement", "regression": "Regression"}.get(verdict, "Neutral")
+    p.cond("Improved", verdict == "improvement", reason, f"verdict {verdict} against the baseline")
+    p.new["phase"] = "Succeeded"
+    p.new["completionTime"] = now_iso(p.obs.now)
+    return p.done()
+
+
+def _model(spec: Mapping[str, Any], meta: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    summary = summary or {}
+    model = {"path": summary.get("modelPath") or f"/workspace/runs/{meta['name']}/model.nemo"}
+    for src, dst in (("sizeBytes", "sizeBytes"), ("sha256", "sha256"), ("dataSpecHash", "dataSpecHash"),
+                     ("step", "step"), ("finalLoss", "finalLoss"), ("valWer", "valWer")):
+        if summary.get(src) is not None:
+            model[dst] = summary[src]
+    return model
+
+
+def _progress(p: _Pass, line: Mapping[str, Any]) -> None:
+    progress = {k: line[k] for k in ("step", "maxSteps", "loss", "updatedAt") if line.get(k) is not None}
+    _display(progress)
+    p.new["progress"] = progress
+    step = line.get("lastCheckpointStep", line.get("checkpointStep"))
+    if step is not None:
+        p.new["lastCheckpoint"] = {"step": int(step), "updatedAt": str(line.get("updatedAt") or now_iso(p.obs.now))}
+
+
+def _display(progress: dict[str, Any]) -> None:
+    if progress.get("step") is not None:
+        progress["display"] = f"{progress['step']}/{progress.get('maxSteps', '?')}"
+
+
+def _resumes(p: _Pass, job: JobView) -> None:
+    """Every training pod after the first resumed from a checkpoint (preemption, eviction, retry)."""
+    restarted = max(0, len(job.pods) - 1)
+    if restarted > int(p.new.get("resumeCount") or 0):
+        p.new["resumeCount"] = restarted
+    disrupted = [pod.name for pod in job.pods if pod.disrupted]
+    if disrupted:
+        p.cond("Preempted", True, "Preempted",
+               f"pod {disrupted[-1]} was preempted or evicted; a new pod resumes from the last checkpoint")
+
+
+# --- transitions -> events ------------------------------------------------------------------------------
+
+def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for each phase change and each condition whose status or reason changed."""
+    events: list[tuple[str, str, str]] = []
+    if old.get("phase") != new.get("phase"):
+        events.append(("Normal", f"Phase{new.get('phase')}", f"phase {old.get('phase') or '-'} -> {new.get('phase')}"))
+    before = {c["type"]: c for c in old.get("conditions") or []}
+    for cond in new.get("conditions") or []:
+        prev = before.get(cond["type"])
+        if prev and prev.get("status") == cond.get("status") and prev.get("reason") == cond.get("reason"):
+            continue
+        kind = "Warning" if cond["type"] in WARNING_CONDITIONS and cond.get("status") == "True" else "Normal"
+        events.append((kind, cond.get("reason") or cond["type"],
+                       f"{cond['type']}={cond.get('status')}: {cond.get('message', '')}"))
+    return events
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `old` into `new` at the top level (None removes a key); {} if equal."""
+    patch: dict[str, Any] = {}
+    for key in set(old) | set(new):
+        if old.get(key) != new.get(key):
+            patch[key] = copy.deepcopy(new.get(key))
+    return patch

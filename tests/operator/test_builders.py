@@ -1,0 +1,166 @@
+"""Pure builders: golden fields, names, security profile, failure policy. No cluster."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import body
+
+from quranft.operator import builders
+from quranft.operator.settings import OperatorSettings
+from quranft.trainer.config import ConfigError, data_spec_hash
+
+SETTINGS = OperatorSettings(image_tag="1.2.3")
+
+
+def _job(stage="train", **spec_overrides):
+    b = body(spec_overrides=spec_overrides)
+    return builders.build_job(stage, b["spec"], b["metadata"], SETTINGS)
+
+
+@pytest.mark.parametrize("name,suffix,expected", [
+    ("v3", "train", "v3-train"),
+    ("a" * 55, "prepare", "a" * 55 + "-prepare"),
+])
+def test_child_names_short(name, suffix, expected):
+    assert builders.child_name(name, suffix) == expected
+
+
+def test_child_names_truncated_keep_a_hash_and_stay_unique():
+    a = builders.child_name("x" * 70 + "a", "prepare")
+    b = builders.child_name("x" * 70 + "b", "prepare")
+    assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-prepare")
+
+
+def test_job_names_and_labels():
+    job = _job("benchmark")
+    assert job["metadata"]["name"] == "v3-bench"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels[builders.LABEL_RUN] == "v3" and labels[builders.LABEL_STAGE] == "benchmark"
+    assert labels[builders.LABEL_GENERATION] == "1"
+    ref = job["metadata"]["ownerReferences"][0]
+    assert ref == {"apiVersion": "quranft.io/v1alpha1", "kind": "QuranFineTune", "name": "v3", "uid": "uid-v3",
+                   "controller": True, "blockOwnerDeletion": True}
+
+
+def test_builders_are_deterministic_and_do_not_alias_input():
+    b = body(spec_overrides={"resources": {"gpus": 1, "tolerations": [{"key": "k", "operator": "Exists"}]}})
+    first = builders.build_job("train", b["spec"], b["metadata"], SETTINGS)
+    second = builders.build_job("train", b["spec"], b["metadata"], SETTINGS)
+    assert first == second
+    first["spec"]["template"]["spec"]["tolerations"].append({"key": "mutated"})
+    assert b["spec"]["resources"]["tolerations"] == [{"key": "k", "operator": "Exists"}]
+
+
+def test_gpu_training_job():
+    job = _job("train", resources={"gpus": 2, "cpu": 8, "memory": "64Gi", "backoffLimit": 4,
+                                   "nodeSelector": {"gpu": "a100"}, "priorityClassName": "research"})
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/quran-finetune/trainer:1.2.3"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"]["cpu"] == "8"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"gpu": "a100"} and pod["priorityClassName"] == "research"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert spec["backoffLimit"] == 4
+    assert spec["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 5]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+    assert pod["terminationGracePeriodSeconds"] == SETTINGS.termination_grace_seconds
+    assert container["command"] == ["quranft", "trainer", "train", "--config", "/etc/quranft/config.json"]
+
+
+def test_cpu_job_uses_cpu_image_and_no_gpu():
+    job = _job("train")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/quran-finetune/trainer-cpu:1.2.3"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert "tolerations" not in job["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train", "benchmark"])
+def test_pod_security_restricted_profile(stage):
+    pod = _job(stage, hubTokenSecretRef={"name": "hf", "key": "token"})["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        names = {e["name"] for e in c["env"]}
+        assert "QURANFT_TERMINATION_LOG" not in names
+        token = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
+        assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    # restricted profile: only these volume types
+    assert all(set(v) - {"name"} <= {"persistentVolumeClaim", "configMap", "emptyDir"} for v in pod["volumes"])
+
+
+def test_queue_name_creates_suspended_job_with_kueue_label():
+    job = _job("train", queueName="gpu-queue")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert _job("train")["spec"]["suspend"] is False
+
+
+def test_active_deadline_copied_to_jobs():
+    assert _job("prepare", activeDeadlineSeconds=600)["spec"]["activeDeadlineSeconds"] == 600
+    assert "activeDeadlineSeconds" not in _job("prepare")["spec"]
+
+
+def test_config_map_copies_data_and_training_unchanged():
+    b = body()
+    cm = builders.build_config_map(b["spec"], b["metadata"])
+    doc = json.loads(cm["data"]["config.json"])
+    assert doc["data"] == b["spec"]["data"] and doc["training"] == b["spec"]["training"]
+    assert doc["run"] == {"name": "v3", "namespace": "team-a", "workspace": "/workspace"}
+    cfg = builders.validate_run_config(doc)
+    assert cfg.training.max_steps == 40
+    assert cm["metadata"]["name"] == "v3-config"
+    assert builders.spec_data_hash(b["spec"]) == data_spec_hash(b["spec"]["data"])
+    assert _job("prepare")["metadata"]["labels"][builders.LABEL_DATA_HASH] == data_spec_hash(b["spec"]["data"])
+
+
+def test_config_rejected_by_trainer_schema():
+    b = body(spec_overrides={"training": {"baseModel": "tiny", "maxSteps": 10, "warmupSteps": 50}})
+    with pytest.raises(ConfigError, match="warmupSteps"):
+        builders.validate_run_config(builders.run_config_doc(b["spec"], b["metadata"]))
+
+
+def test_pvc_ownership_follows_delete_claim_on_delete():
+    keep = body(spec_overrides={"storage": {"size": "10Gi"}})
+    pvc = builders.build_pvc(keep["spec"], keep["metadata"])
+    assert pvc["metadata"]["name"] == "v3-workspace" and "ownerReferences" not in pvc["metadata"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    owned = body(spec_overrides={"storage": {"size": "10Gi", "deleteClaimOnDelete": True,
+                                             "storageClassName": "fast"}})
+    pvc = builders.build_pvc(owned["spec"], owned["metadata"])
+    assert pvc["metadata"]["ownerReferences"][0]["uid"] == "uid-v3" and pvc["spec"]["storageClassName"] == "fast"
+    assert builders.build_pvc(body()["spec"], body()["metadata"]) is None
+
+
+@pytest.mark.parametrize("baseline,expected", [
+    ({"baseModel": True}, ["--baseline-model", "tiny"]),
+    ({"resultsPath": "/workspace/base.json"}, ["--baseline-results", "/workspace/base.json"]),
+    ({"qftRef": {"name": "v2"}}, ["--baseline-results", "/workspace/runs/v2/benchmark/latest.json"]),
+])
+def test_benchmark_baselines(baseline, expected):
+    cmd = _job("benchmark", benchmark={"baseline": baseline})["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:3] == ["quranft", "benchmark", "run"]
+    at = cmd.index(expected[0])
+    assert cmd[at:at + 2] == expected
+
+
+def test_command_override_annotation_only_when_allowed():
+    b = body()
+    b["metadata"]["annotations"] = {builders.COMMAND_ANNOTATION: json.dumps({"train": ["python", "-c", "pass"]})}
+    plain = builders.build_job("train", b["spec"], b["metadata"], SETTINGS)
+    assert plain["spec"]["template"]["spec"]["containers"][0]["command"][0] == "quranft"
+    allowed = builders.build_job("train", b["spec"], b["metadata"],
+                                 OperatorSettings(allow_command_overrides=True))
+    assert allowed["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-c", "pass"]
