@@ -1,0 +1,18 @@
+# The two commands of the README. Both set up what they need (scripts/bootstrap.sh) on a fresh machine.
+SHELL := /bin/bash
+.PHONY: demo test bootstrap unit
+
+bootstrap:
+	@scripts/bootstrap.sh > .bootstrap.env
+
+# The whole product on the embedded cluster: operator + a CPU-stub QuranFineTune run to its verdict.
+demo: bootstrap
+	@source .bootstrap.env && quranft demo
+
+# The whole suite (unit, embedded-cluster, end-to-end). .ci/run calls this.
+test: bootstrap
+	@source .bootstrap.env && python -m pytest $(PYTEST_ARGS)
+
+# Only the fast tests that need neither the cluster nor training.
+unit: bootstrap
+	@source .bootstrap.env && python -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up everything `make test` and `make demo` need on a fresh Debian machine, and reuses it after:
+#   1. Debian packages (espeak-ng for synthetic recitations, ffmpeg for MP3/M4A, prometheus for the
+#      metrics tests, util-linux for the node agent's mount namespaces);
+#   2. the Python venv at $QURANFT_VENV (default ~/.cache/quranft/venv), re-synced when the lock changes;
+#   3. the embedded cluster's binaries (tests/cluster/build.sh, cached by version).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${QURANFT_CACHE:-$HOME/.cache/quranft}"
+venv="${QURANFT_VENV:-$cache/venv}"
+log() { echo "bootstrap: $*" >&2; }
+
+apt_packages=(espeak-ng ffmpeg sox libsndfile1 prometheus util-linux git make)
+missing=()
+for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The Debian prometheus package starts a daemon on :9090; tests run their own instances.
+  $sudo_cmd systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+lock="$root/requirements/dev.txt"
+stamp="$(cat "$lock" "$root/pyproject.toml" | sha256sum | cut -c1-16)"
+if [ "$(cat "$venv/.quranft-stamp" 2>/dev/null)" != "$stamp" ]; then
+  start=$(date +%s)
+  log "syncing Python environment $venv (first time: torch + NeMo, a few minutes)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r "$lock"
+  "$venv/bin/pip" install -q --no-deps -e "$root"
+  echo "$stamp" > "$venv/.quranft-stamp"
+  log "Python environment ready in $(( $(date +%s) - start )) s"
+else
+  # The editable install points at one checkout; re-point it when run from another clone (CI).
+  "$venv/bin/python" - "$root" <<'PY' || "$venv/bin/pip" install -q --no-deps -e "$root"
+import sys, pathlib, quranft.cli as c
+sys.exit(0 if pathlib.Path(c.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve()) else 1)
+PY
+fi
+
+bin="$("$root/tests/cluster/build.sh" | tail -n 1)"
+log "cluster binaries in $bin"
+echo "export QURANFT_VENV=$venv"
+echo "export QURANFT_K8S_BIN=$bin"
+echo "export PATH=$venv/bin:$bin:\$PATH"
