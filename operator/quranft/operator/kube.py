@@ -96,7 +96,7 @@ def parse_progress(log_text: str) -> dict[str, Any] | None:
             continue
         try:
             doc = json.loads(line[at + len(PROGRESS_PREFIX):])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(doc, dict):
             return doc

@@ -95,7 +95,7 @@ def parse_summary(message: str | None) -> tuple[dict[str, Any] | None, str | Non
     text = message.strip().splitlines()[-1] if not message.strip().startswith("{") else message.strip()
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # garbage can also be a 5000-digit number or 10k nested brackets
         return None, "VerdictTruncated" if len(message.encode()) >= MAX_MESSAGE_BYTES else "VerdictUnparseable"
     if not isinstance(doc, dict):
         return None, "VerdictUnparseable"

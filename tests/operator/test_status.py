@@ -1,0 +1,227 @@
+"""Status derivation from observed children: a table of situations, no cluster."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from helpers import body
+
+from quranft.operator.observe import JobView, PodView, job_view, pod_view
+from quranft.operator.status import Observed, derive, parse_summary, status_patch, transition_events
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+EARLIER = NOW - timedelta(minutes=5)
+B = body()
+SPEC, META = B["spec"], B["metadata"]
+READY = {"type": "DataReady", "status": "True", "reason": "Prepared"}
+ADMITTED = {"type": "QuotaAdmitted", "status": "True", "reason": "Admitted"}
+TRAINED = {"type": "Trained", "status": "True", "reason": "Trained"}
+
+
+def pod(name="p", **kw) -> PodView:
+    kw.setdefault("created", EARLIER)
+    return PodView(name=name, **kw)
+
+
+def job(stage, **kw) -> JobView:
+    kw.setdefault("created", EARLIER)
+    kw.setdefault("start_time", EARLIER)
+    return JobView(name=f"v3-{stage}", stage=stage, **kw)
+
+
+def ok_pod(message: dict | str) -> PodView:
+    text = message if isinstance(message, str) else json.dumps(message)
+    return pod(phase="Succeeded", exit_code=0, terminated_reason="Completed", message=text)
+
+
+def failed_pod(code: int, message: str = "", reason: str = "Error", **kw) -> PodView:
+    return pod(phase="Failed", exit_code=code, terminated_reason=reason, message=message, **kw)
+
+
+def status(*conditions, **fields) -> dict:
+    return {"phase": fields.pop("phase", "Training"), "conditions": [dict(c) for c in conditions], **fields}
+
+
+def cond(st: dict, ctype: str) -> dict | None:
+    return next((c for c in st.get("conditions", []) if c["type"] == ctype), None)
+
+
+VERDICT = {"ok": True, "stage": "benchmark", "verdict": "improvement",
+           "metrics": {"recall": 0.9, "sequenceAccuracy": 0.8}, "baseline": {"recall": 0.5},
+           "deltas": {"recall": 0.4}, "targets": {"recall": {"target": 0.95, "value": 0.9, "pass": False}},
+           "resultsPath": "/workspace/runs/v3/benchmark/latest.json"}
+
+CASES = [
+    # (id, old status, observed kwargs, expected phase, expected action, {condition: (status, reason)})
+    ("fresh", {}, {}, "PreparingData", "prepare", {"DataReady": ("False", "Preparing"),
+                                                    "QuotaAdmitted": ("True", "Admitted")}),
+    ("config-error", {}, {"config_error": "training.maxSteps: too big"}, "Failed", None,
+     {"Failed": ("True", "ConfigError")}),
+    ("queued", {}, {"admitted": False, "admission_message": "2/2 trainings running"}, "Queued", None,
+     {"QuotaAdmitted": ("False", "OperatorBudget")}),
+    ("sibling-data", status(ADMITTED, phase="PreparingData"), {"sibling_data": "v2"}, "Training", "train",
+     {"DataReady": ("True", "ReusedFromSibling")}),
+    ("sibling-preparing", status(ADMITTED, phase="PreparingData"), {"sibling_preparing": "v2"}, "PreparingData",
+     None, {"DataReady": ("False", "WaitingForSibling")}),
+    ("prepare-running", status(ADMITTED), {"jobs": {"prepare": job("prepare", active=1, pods=(pod(running=True,
+     phase="Running"),))}}, "PreparingData", None, {"DataReady": ("False", "Preparing")}),
+    ("prepare-done", status(ADMITTED), {"jobs": {"prepare": job("prepare", complete=True, pods=(ok_pod(
+        {"ok": True, "stage": "prepare", "stats": {"train": 10}}),))}}, "Training", "train",
+     {"DataReady": ("True", "Prepared")}),
+    ("data-error", status(ADMITTED), {"jobs": {"prepare": job("prepare", failed_reason="BackoffLimitExceeded",
+     pods=(failed_pod(3, json.dumps({"ok": False, "stage": "prepare", "reason": "DataError",
+                                     "message": "no clips"})),))}}, "Failed", None, {"Failed": ("True", "DataError")}),
+    ("config-exit-code", status(ADMITTED, READY), {"jobs": {"train": job("train", failed_reason="PodFailurePolicy",
+     failed_message="Container train for pod x failed with exit code 2 matching FailJob rule at index 0",
+     pods=(failed_pod(2, "Traceback ... bad"),))}}, "Failed", None, {"Failed": ("True", "ConfigError")}),
+    ("oom", status(ADMITTED, READY), {"jobs": {"train": job("train", failed_reason="BackoffLimitExceeded",
+     pods=(failed_pod(137, reason="OOMKilled"),))}}, "Failed", None, {"Failed": ("True", "OOMKilled")}),
+    ("deadline", status(ADMITTED, READY), {"jobs": {"train": job("train", failed_reason="DeadlineExceeded",
+     failed_message="Job was active longer than specified deadline")}}, "Failed", None,
+     {"Failed": ("True", "DeadlineExceeded")}),
+    ("backoff", status(ADMITTED, READY), {"jobs": {"train": job("train", failed_reason="BackoffLimitExceeded",
+     pods=(failed_pod(1, "segfault"),))}}, "Failed", None, {"Failed": ("True", "BackoffLimitExceeded")}),
+    ("quota", status(ADMITTED, READY), {"jobs": {"train": job("train", quota_message=
+     'pods "v3-train-x" is forbidden: exceeded quota: gpu, requested: requests.nvidia.com/gpu=1')}},
+     "Training", None, {"QuotaExceeded": ("True", "QuotaExceeded")}),
+    ("quota-freed", status(ADMITTED, READY, {"type": "QuotaExceeded", "status": "True", "reason": "QuotaExceeded"}),
+     {"jobs": {"train": job("train", active=1, pods=(pod(running=True, phase="Running"),))}}, "Training", None,
+     {"QuotaExceeded": ("False", "QuotaAvailable")}),
+    ("image-pull-waiting", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(pod(
+        created=NOW - timedelta(seconds=30), waiting_reason="ImagePullBackOff", waiting_message="not found"),))}},
+     "Training", None, {"StartupBlocked": ("True", "ImagePullFailure")}),
+    ("image-pull-deadline", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(pod(
+        created=NOW - timedelta(seconds=601), waiting_reason="ErrImagePull", waiting_message="nope"),))}},
+     "Failed", None, {"Failed": ("True", "ImagePullFailure")}),
+    ("invalid-image-now", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(pod(
+        created=NOW, waiting_reason="InvalidImageName"),))}}, "Failed", None, {"Failed": ("True", "ImagePullFailure")}),
+    ("preempted-resumes", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(
+        failed_pod(143, disrupted=True, created=EARLIER), pod("p2", running=True, phase="Running", created=NOW)))}},
+     "Training", None, {"Preempted": ("True", "Preempted")}),
+    ("trained", status(ADMITTED, READY), {"jobs": {"train": job("train", complete=True, completion_time=NOW,
+     pods=(ok_pod({"ok": True, "stage": "train", "step": 40, "modelPath": "/workspace/runs/v3/model.nemo",
+                   "sizeBytes": 123, "sha256": "ab", "dataSpecHash": "h"}),))}}, "Benchmarking", "benchmark",
+     {"Trained": ("True", "Trained")}),
+    ("verdict", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark", complete=True,
+     completion_time=NOW, pods=(ok_pod(VERDICT),))}}, "Succeeded", None,
+     {"Benchmarked": ("True", "Benchmarked"), "Improved": ("True", "Improvement")}),
+    ("verdict-unparseable", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
+     complete=True, completion_time=NOW, pods=(ok_pod("all good, no json"),))}}, "Failed", None,
+     {"VerdictUnparseable": ("True", "VerdictUnparseable")}),
+    ("verdict-truncated", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
+     complete=True, completion_time=NOW, pods=(ok_pod('{"ok": true, "x": "' + "a" * 5000),))}}, "Failed", None,
+     {"VerdictTruncated": ("True", "VerdictTruncated")}),
+    ("verdict-not-yet-observed", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
+     complete=True, completion_time=NOW, pods=(pod(running=True, phase="Running"),))}}, "Training", None, {}),
+    ("baseline-wait", status(ADMITTED, READY, TRAINED), {"baseline_wait": "waiting for v2"}, "Benchmarking",
+     None, {"Benchmarked": ("False", "WaitingForBaseline")}),
+    ("baseline-missing", status(ADMITTED, READY, TRAINED), {"baseline_error": "v2 not found"}, "Failed", None,
+     {"Failed": ("True", "BaselineUnavailable")}),
+    ("train-job-lost", status(ADMITTED, READY, jobs={"train": "v3-train"}), {"lost": frozenset({"train"})},
+     "Failed", None, {"Failed": ("True", "JobLost")}),
+    ("terminal-is-sticky", status(ADMITTED, phase="Succeeded", verdict="neutral"), {"config_error": "x"},
+     "Succeeded", None, {}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_derive(case):
+    _, old, observed, phase, action, conditions = case
+    derived = derive(SPEC, META, old, Observed(now=NOW, **observed))
+    assert derived.status["phase"] == phase
+    assert derived.action == action
+    for ctype, (value, reason) in conditions.items():
+        got = cond(derived.status, ctype)
+        assert got is not None, ctype
+        assert (got["status"], got["reason"]) == (value, reason), got
+        assert got["observedGeneration"] == 1 and got["lastTransitionTime"]
+
+
+def test_verdict_fields_and_model():
+    old = status(ADMITTED, READY, TRAINED, model={"path": "/m"})
+    d = derive(SPEC, META, old, Observed(now=NOW, jobs={"benchmark": job("benchmark", complete=True,
+                                                                         completion_time=NOW,
+                                                                         pods=(ok_pod(VERDICT),))}))
+    assert d.status["verdict"] == "improvement"
+    assert d.status["benchmark"]["metrics"]["recall"] == 0.9
+    assert d.status["benchmark"]["resultsPath"].endswith("latest.json")
+    assert d.status["completionTime"] == "2026-01-01T12:00:00Z"
+
+
+def test_suspend_stops_the_active_job_and_resume_restarts_it():
+    running = job("train", active=1, pods=(pod(running=True, phase="Running"),))
+    spec = dict(SPEC, suspend=True)
+    d = derive(spec, META, status(ADMITTED, READY), Observed(now=NOW, jobs={"train": running}))
+    assert d.status["phase"] == "Suspended" and d.suspend == ("v3-train", True)
+    suspended = job("train", suspended=True)
+    d2 = derive(SPEC, META, d.status, Observed(now=NOW, jobs={"train": suspended}))
+    assert d2.suspend == ("v3-train", False) and d2.status["phase"] == "Training"
+    assert cond(d2.status, "Suspended")["status"] == "False"
+
+
+def test_kueue_suspended_job_is_queued_not_finished():
+    spec = dict(SPEC, queueName="q")
+    d = derive(spec, META, status(READY), Observed(now=NOW, jobs={"train": job("train", suspended=True)}))
+    assert d.status["phase"] == "Queued" and d.suspend is None and d.action is None
+    assert cond(d.status, "QuotaAdmitted")["reason"] == "WaitingForKueue"
+
+
+def test_progress_from_log_line():
+    line = {"step": 12, "maxSteps": 40, "loss": 1.5, "updatedAt": "2026-01-01T12:00:00Z", "lr": 0.1}
+    d = derive(SPEC, META, status(ADMITTED, READY), Observed(now=NOW, progress=line, jobs={"train": job(
+        "train", active=1, pods=(pod(running=True, phase="Running"),))}))
+    assert d.status["progress"] == {"step": 12, "maxSteps": 40, "loss": 1.5, "updatedAt": "2026-01-01T12:00:00Z",
+                                    "display": "12/40"}
+
+
+def test_resume_count_counts_restarted_pods_and_never_decreases():
+    pods = (failed_pod(143, created=EARLIER), failed_pod(143, created=EARLIER + timedelta(seconds=1)),
+            pod("p3", running=True, phase="Running", created=NOW))
+    d = derive(SPEC, META, status(ADMITTED, READY), Observed(now=NOW, jobs={"train": job("train", active=1,
+                                                                                         pods=pods)}))
+    assert d.status["resumeCount"] == 2
+    d2 = derive(SPEC, META, d.status, Observed(now=NOW, jobs={"train": job("train", active=1, pods=pods[2:])}))
+    assert d2.status["resumeCount"] == 2
+
+
+def test_last_transition_time_moves_only_on_status_flip():
+    old = status(ADMITTED, dict(READY, lastTransitionTime="2020-01-01T00:00:00Z"))
+    d = derive(SPEC, META, old, Observed(now=NOW))
+    assert cond(d.status, "DataReady")["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_unchanged_pass_gives_empty_patch_and_no_events():
+    first = derive(SPEC, META, {}, Observed(now=NOW)).status
+    second = derive(SPEC, META, first, Observed(now=NOW + timedelta(seconds=5),
+                                                jobs={"prepare": job("prepare", active=1)})).status
+    third = derive(SPEC, META, second, Observed(now=NOW + timedelta(seconds=10),
+                                                jobs={"prepare": job("prepare", active=1)})).status
+    assert status_patch(second, third) == {}
+    assert transition_events(second, third) == []
+    events = transition_events({}, first)
+    assert ("Normal", "PhasePreparingData", "phase - -> PreparingData") in events
+
+
+@pytest.mark.parametrize("message,problem", [
+    (None, "VerdictUnparseable"), ("", "VerdictUnparseable"), ("plain text", "VerdictUnparseable"),
+    ('{"a": ' + "1" * 5000, "VerdictTruncated"), ("[1, 2]", "VerdictUnparseable"), ('{"ok": true}', None),
+    ("log line\n" + '{"ok": true}', None),
+])
+def test_parse_summary(message, problem):
+    assert parse_summary(message)[1] == problem
+
+
+def test_views_parse_api_objects():
+    p = pod_view({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z",
+                               "ownerReferences": [{"controller": True, "uid": "job-uid"}]},
+                  "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}],
+                             "containerStatuses": [{"state": {"terminated": {"exitCode": 137,
+                                                                             "reason": "OOMKilled"}}}]}})
+    assert (p.exit_code, p.terminated_reason, p.disrupted, p.job_uid) == (137, "OOMKilled", True, "job-uid")
+    j = job_view({"metadata": {"name": "v3-train", "uid": "u", "labels": {"quranft.io/stage": "train",
+                                                                           "quranft.io/generation": "2"}},
+                  "spec": {"suspend": False},
+                  "status": {"active": 1, "conditions": [{"type": "Failed", "status": "True",
+                                                          "reason": "DeadlineExceeded"}]}})
+    assert (j.stage, j.generation, j.failed_reason, j.finished) == ("train", 2, "DeadlineExceeded", True)
