@@ -1,0 +1,175 @@
+"""Helpers for the operator's cluster tests: install, run the operator as a subprocess under its
+ServiceAccount, stub stage commands, and waiting on conditions (never bare sleeps)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client
+
+from quranft.operator import access
+from quranft.operator.builders import COMMAND_ANNOTATION, LABEL_RUN, LABEL_STAGE
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "quranft.io", "v1alpha1", "quranfinetunes"
+STUB_IMAGE = "ghcr.io/quran-finetune/stub-stage:test"
+
+# A fast fake stage honouring the contract: progress lines, the termination-message JSON, exit codes.
+STUB = r"""
+import json, sys, time
+stage, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+steps = 10
+for i in range(1, steps + 1):
+    time.sleep(seconds / steps)
+    if stage == "train":
+        print("QURANFT_PROGRESS " + json.dumps({"step": i, "maxSteps": steps, "loss": round(1.0 / i, 3),
+              "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), flush=True)
+if code:
+    msg = {"ok": False, "stage": stage, "reason": {2: "ConfigError", 3: "DataError"}.get(code, "TrainingError"),
+           "message": "stub failure with exit code %d" % code}
+elif stage == "prepare":
+    msg = {"ok": True, "stage": "prepare", "dataSpecHash": "stub", "dataDir": "/workspace/data/stub",
+           "reused": False, "stats": {"train": 8, "val": 2}}
+elif stage == "train":
+    msg = {"ok": True, "stage": "train", "step": steps, "modelPath": "/workspace/runs/stub/model.nemo",
+           "sizeBytes": 1234, "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1, "valWer": 0.2,
+           "resumedFromStep": None}
+else:
+    m = {"recall": 0.9, "precision": 0.9, "sequenceAccuracy": 0.8, "avgLatency": 0.1, "p50Latency": 0.1,
+         "p90Latency": 0.2, "modelSize": 1234, "total": 10, "scored": 10}
+    b = dict(m, recall=0.5, sequenceAccuracy=0.4)
+    msg = {"ok": True, "stage": "benchmark", "verdict": "improvement", "metrics": m, "baseline": b,
+           "deltas": {k: round(m[k] - b[k], 6) for k in m}, "targets": {}, "resultsPath": "/workspace/x.json"}
+open("/dev/termination-log", "w").write(json.dumps(msg))
+sys.exit(code)
+"""
+
+
+def stub_commands(train_seconds: float = 3.0, prepare_seconds: float = 0.5, bench_seconds: float = 0.5,
+                  exit_codes: dict[str, int] | None = None) -> dict[str, list[str]]:
+    codes = exit_codes or {}
+    return {stage: ["python", "-c", STUB, stage, str(seconds), str(codes.get(stage, 0))]
+            for stage, seconds in (("prepare", prepare_seconds), ("train", train_seconds),
+                                   ("benchmark", bench_seconds))}
+
+
+def resource(name: str, *, claim: str | None = "ws", size: str | None = None, gpus: int = 0,
+             commands: dict | None = None, **spec) -> dict:
+    storage = {"existingClaim": claim} if claim and not size else {"size": size}
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuranFineTune",
+        "metadata": {"name": name, "annotations": {COMMAND_ANNOTATION: json.dumps(commands or stub_commands())}},
+        "spec": {"data": {"source": "local", "localPath": "/workspace/synth"},
+                 "training": {"baseModel": "tiny", "maxSteps": 10},
+                 "storage": storage, "resources": {"gpus": gpus, "cpu": "100m", "memory": "256Mi"},
+                 "images": {"trainer": STUB_IMAGE}, "startupDeadlineSeconds": 120},
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Env:
+    """One cluster + namespace: clients, installs, and the operator process."""
+
+    def __init__(self, cluster, namespace: str, workdir: Path):
+        self.cluster, self.ns, self.workdir = cluster, namespace, workdir
+        self.api = cluster.api_client()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "operator.log"
+        self.metrics_port = free_port()
+
+    def close(self) -> None:
+        self.stop_operator()
+        self.api.close()
+
+    # --- operator ------------------------------------------------------------------------------------------
+    def start_operator(self, *extra: str) -> None:
+        kubeconfig = access.service_account_kubeconfig(self.cluster.kubeconfig, self.workdir / "sa.kubeconfig")
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "quranft.cli", "operator", "--namespace", self.ns,
+             "--metrics-port", str(self.metrics_port), "--allow-command-overrides", *extra],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+    def kill_operator(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop_operator(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill_operator()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) \
+            if self.log_path.exists() else ""
+
+    # --- objects ---------------------------------------------------------------------------------------
+    def create(self, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def claim(self, name: str = "ws") -> None:
+        self.core.create_namespaced_persistent_volume_claim(self.ns, {
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+
+    def jobs(self, run: str | None = None, stage: str | None = None) -> list:
+        selector = ",".join(s for s in (f"{LABEL_RUN}={run}" if run else LABEL_RUN,
+                                        f"{LABEL_STAGE}={stage}" if stage else "") if s)
+        return self.batch.list_namespaced_job(self.ns, label_selector=selector).items
+
+    def pods(self, run: str | None = None) -> list:
+        selector = f"{LABEL_RUN}={run}" if run else LABEL_RUN
+        return self.core.list_namespaced_pod(self.ns, label_selector=selector).items
+
+    def wait(self, predicate, timeout: float, what: str, interval: float = 0.5):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"operator exited ({self.proc.returncode}) while waiting for {what}\n"
+                                     f"{self.log_tail()}")
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{self.log_tail()}")
+
+    def wait_phase(self, name: str, phases: str | tuple, timeout: float = 120) -> dict:
+        phases = (phases,) if isinstance(phases, str) else phases
+
+        def check():
+            obj = self.get(name)
+            return obj if (obj.get("status") or {}).get("phase") in phases else None
+        return self.wait(check, timeout, f"{name} phase in {phases}")
+
+
+def condition(obj: dict, ctype: str) -> dict | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
