@@ -1,0 +1,404 @@
+"""`quranft trainer prepare`: NeMo manifests + 16 kHz mono WAV files, keyed by the data spec hash.
+
+Layout (docs/contracts.md): `<workspace>/data/<hash>/{train_manifest.json, val_manifest.json, audio/,
+stats.json, COMPLETE}`. The directory is built under `data/.tmp-<hash>-<pid>-<random>` and renamed into
+place only when complete, so a reader either sees nothing or a finished build; sibling runs with the same
+data spec (and a restarted Job) reuse it at once. Two concurrent builds of one spec both finish; the
+second rename loses, discards its copy and reuses the winner's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from quranft.trainer.config import DataSpec, RunConfig, data_spec_hash
+from quranft.trainer.errors import DataError
+
+COMPLETE_MARKER = "COMPLETE"  # written last; a directory without it is never reused
+OWNER_FILE = "OWNER.json"  # who builds a tmp dir; its mtime is the builder's heartbeat
+STALE_AFTER_SECONDS = 30 * 60  # a tmp dir whose heartbeat is older than this belongs to a dead build
+HEARTBEAT_SECONDS = 30.0
+PROGRESS_SECONDS = 10.0
+FILES_PER_FOLDER = 1000  # audio/<manifest>/<source>/<bucket>/ keeps folders small on network volumes
+
+Log = Callable[[str], None]
+_BUILDING: set[str] = set()  # tmp dir names this process is building right now
+
+
+@dataclass
+class SourceCounts:
+    """What happened to the rows of one source feeding one manifest (stats.json, camelCase)."""
+    dataset: str
+    split: str
+    rows_read: int = 0
+    kept: int = 0
+    excluded_label: int = 0
+    empty_text: int = 0
+    too_short: int = 0
+    too_long: int = 0
+    undecodable: int = 0
+    duration_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {_camel(k): v for k, v in asdict(self).items()}
+        out["durationSeconds"] = round(self.duration_seconds, 3)
+        return out
+
+    def describe(self) -> str:
+        return (f"read={self.rows_read} kept={self.kept} excludedLabel={self.excluded_label} "
+                f"emptyText={self.empty_text} tooShort={self.too_short} tooLong={self.too_long} "
+                f"undecodable={self.undecodable}")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass
+class Source:
+    """One stream of rows feeding one manifest, with its column names and limits."""
+    name: str  # "primary" or "blend": names stats entries and audio folders
+    dataset: str
+    local_path: Path | None
+    split: str
+    limit: int | None
+    text_column: str
+    audio_column: str
+    label_column: str | None = None
+    exclude_labels: frozenset[str] = field(default_factory=frozenset)
+    duration_ms_column: str | None = None
+
+
+def sources_for(data: DataSpec) -> dict[str, list[Source]]:
+    """Sources per manifest: the primary splits; the blend joins the training manifest only."""
+    def primary(split: str, limit: int | None) -> Source:
+        return Source("primary", data.dataset, data.local_path if data.source == "local" else None, split,
+                      limit, data.text_column, data.audio_column)
+
+    train = [primary(data.train_split, data.max_train_samples)]
+    if data.blend is not None:
+        b = data.blend
+        train.append(Source("blend", b.dataset, b.local_path, b.split, b.max_samples, b.text_column,
+                            data.audio_column, b.label_column, frozenset(b.exclude_labels),
+                            b.duration_ms_column))
+    return {"train": train, "val": [primary(data.val_split, data.max_val_samples)]}
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+def clean_text(value: Any) -> str:
+    # Verse text is kept as written (diacritics, Uthmani marks); the tokenizer side normalises it.
+    return value.strip() if isinstance(value, str) else ""
+
+
+def declared_seconds(row: dict[str, Any], column: str | None) -> float | None:
+    """A row's own duration claim (RetaSy: duration_ms), used to skip decoding clips that cannot pass."""
+    if column is None:
+        return None
+    value = row.get(column)
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value) / 1000.0
+    return None
+
+
+def precheck(row: dict[str, Any], src: Source, min_s: float, max_s: float) -> tuple[str | None, str]:
+    """(reason to drop the row before decoding it, or None; its cleaned text)."""
+    if src.exclude_labels and str(row.get(src.label_column) or "").strip() in src.exclude_labels:
+        return "excluded_label", ""
+    text = clean_text(row.get(src.text_column))
+    if not text:
+        return "empty_text", ""
+    claimed = declared_seconds(row, src.duration_ms_column)
+    if claimed is not None and claimed < min_s:
+        return "too_short", text
+    if claimed is not None and claimed > max_s:
+        return "too_long", text
+    return None, text
+
+
+def _decode(audio_value: Any) -> Any:
+    """Worker: 16 kHz mono samples, or the UndecodableAudio explaining why not (None: nothing to do)."""
+    from quranft.trainer.audio import UndecodableAudio, load_16k_mono
+
+    if audio_value is None:
+        return None
+    try:
+        return load_16k_mono(audio_value)
+    except UndecodableAudio as exc:
+        return exc
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], workers: int
+                 ) -> Iterator[tuple[Any, Any]]:
+    """(tag, fn(arg)) in input order with a bounded look-ahead; stopping early cancels the rest."""
+    if workers <= 1:
+        for tag, arg in items:
+            yield tag, fn(arg)
+        return
+    window = workers * 4
+    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
+        pending: deque[tuple[Any, Future]] = deque()
+        try:
+            for tag, arg in items:
+                pending.append((tag, pool.submit(fn, arg)))
+                if len(pending) >= window:
+                    tag0, fut = pending.popleft()
+                    yield tag0, fut.result()
+            while pending:
+                tag0, fut = pending.popleft()
+                yield tag0, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+class _Ticker:
+    """Progress lines and the tmp dir heartbeat, each at most every few seconds."""
+
+    def __init__(self, owner_file: Path, log: Log):
+        self.owner_file, self.log = owner_file, log
+        self.last_log = self.last_beat = time.monotonic()
+
+    def tick(self, label: str, counts: SourceCounts) -> None:
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_SECONDS:
+            os.utime(self.owner_file)
+            self.last_beat = now
+        if now - self.last_log >= PROGRESS_SECONDS:
+            self.log(f"prepare: {label} {counts.describe()}")
+            self.last_log = now
+
+
+def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, manifest_name: str,
+                 min_s: float, max_s: float, workers: int, ticker: _Ticker) -> SourceCounts:
+    """Filter, decode and write one source's rows; append its manifest lines. Returns its counts."""
+    from quranft.trainer.audio import SAMPLE_RATE, UndecodableAudio, write_wav
+    from quranft.trainer.sources import open_rows
+
+    counts = SourceCounts(src.dataset if src.local_path is None else str(src.local_path), src.split)
+    if src.limit == 0:
+        return counts
+    required = [src.text_column] + ([src.label_column] if src.exclude_labels and src.label_column else [])
+    rows = open_rows(dataset=src.dataset, local_path=src.local_path, split=src.split,
+                     audio_column=src.audio_column, required_columns=required)
+    rel_root = Path("audio") / manifest_name / src.name
+    label = f"{manifest_name}/{src.name}"
+
+    def tagged_rows() -> Iterator[tuple[tuple[int, str, str | None], Any]]:
+        """Every row as ((index, text, reason to drop it or None), audio to decode or None)."""
+        index = 0
+        iterator = iter(rows)
+        while True:
+            try:
+                row = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:  # a stream that breaks midway (network, corrupt shard)
+                raise DataError(f"reading {counts.dataset} split {src.split!r} failed after "
+                                f"{index} rows: {type(exc).__name__}: {exc}") from exc
+            reason, text = precheck(row, src, min_s, max_s)
+            yield (index, text, reason), (None if reason else row.get(src.audio_column))
+            index += 1
+
+    # Results come back in stream order, so the counts cover exactly the rows up to the cap.
+    for (index, text, reason), samples in _ordered_map(_decode, tagged_rows(), workers):
+        counts.rows_read += 1
+        ticker.tick(label, counts)
+        if reason is None and isinstance(samples, UndecodableAudio):
+            reason = "undecodable"
+        elif reason is None:
+            seconds = len(samples) / SAMPLE_RATE
+            reason = "too_short" if seconds < min_s else "too_long" if seconds > max_s else None
+        if reason is not None:
+            setattr(counts, reason, getattr(counts, reason) + 1)
+            continue
+        rel = rel_root / f"{index // FILES_PER_FOLDER:06d}" / f"{index:09d}.wav"
+        (build_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_wav(build_dir / rel, samples)
+        # Paths point at the final location: the manifest is read after the rename.
+        manifest.write(json.dumps({"audio_filepath": str(final_dir / rel), "duration": round(seconds, 4),
+                                   "text": text}, ensure_ascii=False) + "\n")
+        counts.kept += 1
+        counts.duration_seconds += seconds
+        if src.limit is not None and counts.kept >= src.limit:
+            break
+    return counts
+
+
+def build(data: DataSpec, build_dir: Path, final_dir: Path, *, key: str, workers: int, log: Log) -> dict:
+    """Write manifests, audio and stats.json into build_dir (paths inside point at final_dir)."""
+    started = time.monotonic()
+    ticker = _Ticker(build_dir / OWNER_FILE, log)
+    stats: dict[str, Any] = {"dataSpecHash": key}
+    for manifest_name, sources in sources_for(data).items():
+        per_source: dict[str, Any] = {}
+        with open(build_dir / f"{manifest_name}_manifest.json", "w", encoding="utf-8") as manifest:
+            for src in sources:
+                log(f"prepare: {manifest_name}/{src.name}: {src.local_path or src.dataset} split {src.split!r}"
+                    + (f", at most {src.limit}" if src.limit else ""))
+                counts = write_source(src, manifest=manifest, build_dir=build_dir, final_dir=final_dir,
+                                      manifest_name=manifest_name, min_s=data.min_duration_seconds,
+                                      max_s=data.max_duration_seconds, workers=workers, ticker=ticker)
+                log(f"prepare: {manifest_name}/{src.name} done: {counts.describe()}")
+                per_source[src.name] = counts
+        samples = sum(c.kept for c in per_source.values())
+        if samples == 0:
+            detail = "; ".join(f"{name} ({c.dataset} split {c.split!r}): {c.describe()}"
+                               for name, c in per_source.items())
+            raise DataError(f"no {manifest_name} samples left after filtering "
+                            f"({data.min_duration_seconds}-{data.max_duration_seconds} s): {detail}")
+        stats[manifest_name] = {
+            "samples": samples,
+            "durationSeconds": round(sum(c.duration_seconds for c in per_source.values()), 3),
+            "sources": {name: c.to_json() for name, c in per_source.items()},
+        }
+    stats["buildSeconds"] = round(time.monotonic() - started, 3)
+    stats["createdAt"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return stats
+
+
+# ----------------------------------------------------------------------------- the shared directory
+
+def is_complete(data_dir: Path) -> bool:
+    return (data_dir / COMPLETE_MARKER).is_file() and (data_dir / "stats.json").is_file()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(tmp_dir: Path, now: float | None = None) -> bool:
+    """A build dir nobody is working on: its builder died on this host, or its heartbeat stopped.
+
+    Pods share the volume but not PID namespaces, so a PID is only trusted on the builder's own host; a
+    restarted container reuses its pod's hostname and often its PID, hence the own-PID check.
+    """
+    now = time.time() if now is None else now
+    owner = tmp_dir / OWNER_FILE
+    try:
+        heartbeat = (owner if owner.exists() else tmp_dir).stat().st_mtime
+        info = json.loads(owner.read_text()) if owner.exists() else {}
+    except (OSError, ValueError):
+        return False  # vanished or being written: leave it to its owner or a later run
+    if now - heartbeat > STALE_AFTER_SECONDS:
+        return True
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+        if info["pid"] == os.getpid():
+            return tmp_dir.name not in _BUILDING
+        return not _pid_alive(info["pid"])
+    return False
+
+
+def clean_stale(data_root: Path, log: Log) -> None:
+    """Remove half-written builds left by dead prepares (any data spec)."""
+    for tmp_dir in data_root.glob(".tmp-*"):
+        if tmp_dir.is_dir() and is_stale(tmp_dir):
+            log(f"prepare: removing stale build {tmp_dir.name}")
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    for leftover in data_root.glob(".discard-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _set_aside(path: Path) -> None:
+    """Move a directory out of the way (atomically) and delete it; a concurrent mover may win."""
+    aside = path.with_name(f".discard-{path.name}-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _publish(build_dir: Path, final_dir: Path) -> bool:
+    """Rename the finished build into place. True when another prepare got there first (reuse theirs)."""
+    try:
+        os.rename(build_dir, final_dir)
+        return False
+    except OSError:  # ENOTEMPTY/EEXIST: the name is taken
+        if not is_complete(final_dir):
+            raise
+        _set_aside(build_dir)
+        return True
+
+
+def _read_stats(data_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_dir / "stats.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{data_dir}/stats.json is unreadable: {exc}") from exc
+
+
+def _summary(key: str, data_dir: Path, reused: bool, stats: dict[str, Any]) -> dict[str, Any]:
+    brief = {name: stats[name] for name in ("train", "val") if name in stats}
+    return {"ok": True, "stage": "prepare", "dataSpecHash": key, "dataDir": str(data_dir), "reused": reused,
+            "stats": brief}
+
+
+def default_workers() -> int:
+    # Decoding and resampling release the GIL; the pod's CPU share bounds what helps.
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def prepare(cfg: RunConfig, *, log: Log = print, workers: int | None = None) -> dict[str, Any]:
+    """Build (or reuse) the prepared data for cfg.data; returns the contract's prepare summary.
+
+    Raises DataError when a source cannot be read or nothing is left after filtering.
+    """
+    key = data_spec_hash(cfg.data)
+    data_root = Path(os.path.abspath(cfg.run.workspace)) / "data"
+    final_dir = data_root / key
+    if is_complete(final_dir):  # the fast path touches nothing
+        log(f"prepare: reusing {final_dir}")
+        return _summary(key, final_dir, True, _read_stats(final_dir))
+
+    data_root.mkdir(parents=True, exist_ok=True)
+    clean_stale(data_root, log)
+    if final_dir.exists() and not is_complete(final_dir):
+        log(f"prepare: {final_dir} has no {COMPLETE_MARKER} marker; rebuilding it")
+        _set_aside(final_dir)
+
+    build_dir = data_root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+    build_dir.mkdir()
+    _BUILDING.add(build_dir.name)
+    try:
+        (build_dir / OWNER_FILE).write_text(json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "startedAt": time.time()}))
+        stats = build(cfg.data, build_dir, final_dir, key=key, workers=workers or default_workers(), log=log)
+        stats["spec"] = cfg.data.model_dump(mode="json", by_alias=True)
+        (build_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        (build_dir / OWNER_FILE).unlink()
+        (build_dir / COMPLETE_MARKER).write_text(key + "\n")  # last: marks the build complete
+        lost_race = _publish(build_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    finally:
+        _BUILDING.discard(build_dir.name)
+    if lost_race:
+        log(f"prepare: another prepare finished {final_dir} first; reusing it")
+        return _summary(key, final_dir, True, _read_stats(final_dir))
+    log(f"prepare: wrote {final_dir} (train {stats['train']['samples']} samples, "
+        f"val {stats['val']['samples']} samples, {stats['buildSeconds']} s)")
+    return _summary(key, final_dir, False, stats)
