@@ -146,8 +146,8 @@ def test_pvc_ownership_follows_delete_claim_on_delete():
 
 @pytest.mark.parametrize("baseline,expected", [
     ({"baseModel": True}, ["--baseline-model", "tiny"]),
-    ({"resultsPath": "/workspace/base.json"}, ["--baseline-results", "/workspace/base.json"]),
-    ({"qftRef": {"name": "v2"}}, ["--baseline-results", "/workspace/runs/v2/benchmark/latest.json"]),
+    ({"resultsPath": "/workspace/base.json"}, ["--baseline", "/workspace/base.json"]),
+    ({"qftRef": {"name": "v2"}}, ["--baseline", "/workspace/runs/v2/benchmark/latest.json"]),
 ])
 def test_benchmark_baselines(baseline, expected):
     cmd = _job("benchmark", benchmark={"baseline": baseline})["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -164,3 +164,12 @@ def test_command_override_annotation_only_when_allowed():
     allowed = builders.build_job("train", b["spec"], b["metadata"],
                                  OperatorSettings(allow_command_overrides=True))
     assert allowed["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-c", "pass"]
+
+
+def test_benchmark_flags_are_accepted_by_the_benchmark_cli():
+    """The flags we generate parse with the benchmark's own argument parser (defaults applied by the CRD)."""
+    from quranft.benchmark import cli as bench_cli
+
+    cmd = _job("benchmark")["spec"]["template"]["spec"]["containers"][0]["command"]
+    args = bench_cli.build_parser().parse_args(cmd[2:])
+    assert args.out == "/workspace/runs/v3/benchmark" and args.tolerance == 1.0 and args.target_size_mb == 200

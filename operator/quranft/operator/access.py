@@ -23,7 +23,7 @@ def kubectl(kubectl_bin: str | Path, kubeconfig: str | Path, *args: str, timeout
 def install(kubectl_bin: str | Path, kubeconfig: str | Path) -> None:
     """Apply the CRD and RBAC (server-side apply: idempotent) and wait until the CRD is served."""
     kubectl(kubectl_bin, kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=quranft",
-            "-f", str(MANIFESTS / "crd"), "-f", str(MANIFESTS / "rbac"))
+            "-f", str(MANIFESTS / "crd" / f"{CRD_NAME}.yaml"), "-f", str(MANIFESTS / "rbac" / "operator.yaml"))
     kubectl(kubectl_bin, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
 
 

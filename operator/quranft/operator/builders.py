@@ -158,25 +158,25 @@ def benchmark_args(spec: Mapping[str, Any], meta: Mapping[str, Any], model_path:
     run_dir = f"{WORKSPACE}/runs/{meta['name']}"
     args = ["--model", model_path or f"{run_dir}/model.nemo",
             "--corpus", bench.get("corpusPath", f"{WORKSPACE}/corpus"),
-            "--output-dir", f"{run_dir}/benchmark"]
+            "--out", f"{run_dir}/benchmark", "--name", meta["name"]]
     baseline = bench.get("baseline") or {"baseModel": True}
     if baseline.get("resultsPath"):
-        args += ["--baseline-results", baseline["resultsPath"]]
+        args += ["--baseline", baseline["resultsPath"]]
     elif baseline.get("qftRef"):
-        args += ["--baseline-results", baseline_results
+        args += ["--baseline", baseline_results
                  or f"{WORKSPACE}/runs/{baseline['qftRef']['name']}/benchmark/latest.json"]
     elif baseline.get("baseModel"):
-        args += ["--baseline-model", str((spec.get("training") or {}).get("baseModel", ""))]
-    tol = bench.get("tolerances") or {}
-    for key, flag in (("drop", "--drop"), ("minGain", "--min-gain"), ("latencyRel", "--latency-rel"),
-                      ("latencyAbs", "--latency-abs")):
-        if key in tol:
-            args += [flag, str(tol[key])]
-    targets = bench.get("targets") or {}
-    for key, flag in (("recall", "--target-recall"), ("modelSizeBytes", "--target-model-size"),
-                      ("latencySeconds", "--target-latency")):
-        if key in targets:
-            args += [flag, str(targets[key])]
+        args += ["--baseline-model", str((spec.get("training") or {}).get("baseModel", "")),
+                 "--baseline-name", "base"]
+    # spec field -> flag of `quranft benchmark run` (same units: points, fractions, seconds, MB)
+    for section, key, flag in (("tolerances", "tolerance", "--tolerance"), ("tolerances", "minGain", "--min-gain"),
+                               ("tolerances", "latencyTolerance", "--latency-tolerance"),
+                               ("tolerances", "latencyToleranceAbs", "--latency-tolerance-abs"),
+                               ("targets", "recall", "--target-recall"), ("targets", "sizeMB", "--target-size-mb"),
+                               ("targets", "latencySeconds", "--target-latency")):
+        value = (bench.get(section) or {}).get(key)
+        if value is not None:
+            args += [flag, str(value)]
     return args
 
 
