@@ -1,0 +1,106 @@
+"""The evaluation loop with a scripted stand-in for the ASR model (the real model runs in test_cli.py)."""
+
+import numpy as np
+import pytest
+from corpus_helpers import entry, make_corpus
+
+from quranft.benchmark.corpus import decode_audio, load_corpus
+from quranft.benchmark.matcher import VerseMatcher
+from quranft.benchmark.quran_text import load_quran
+from quranft.benchmark.runner import RunOptions, default_run_name, evaluate
+from quranft.benchmark.transcribe import ModelInfo
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    return VerseMatcher()
+
+
+def verse_text(refs):
+    q = load_quran()
+    index = {r: i for i, r in enumerate(q.refs)}
+    return " ".join(q.texts[index[r]] for r in refs)
+
+
+class ScriptedModel:
+    """Answers each clip (recognised by its decoded length) with a fixed transcript; records calls."""
+
+    def __init__(self, script: dict[int, str], batch_size: int = 2):
+        self.script, self.batch_size, self.device = script, batch_size, "cpu"
+        self.info = ModelInfo(ref="scripted", path="/nowhere/scripted.nemo", size_bytes=1234, sha256=None,
+                              model_class="Scripted", decoder="ctc")
+        self.calls: list[int] = []
+
+    def transcribe(self, audios):
+        self.calls.append(len(audios))
+        return [self.script[len(a)] for a in audios]
+
+
+@pytest.fixture()
+def small_corpus(tmp_path, recitations):
+    root = make_corpus(tmp_path / "corpus", [
+        entry("imran_23", "nisa_51.m4a", [(3, 23)], copy_from="nisa_51.m4a", also_accept=[[{"surah": 4, "ayah": 44}]]),
+        entry("ikhlas", "ikhlas_2_3.m4a", [(112, 2), (112, 3)], copy_from="ikhlas_2_3.m4a"),
+        entry("fatiha_1", "001001.mp3", [(1, 1)], copy_from="001001.mp3"),
+        entry("yasin", "multi.wav", [(36, a) for a in range(1, 6)], copy_from="multi_036_001_005.wav"),
+        entry("gone", "gone.wav", [(1, 2)]),
+        entry("broken", "broken.mp3", [(1, 3)]),
+    ])
+    (root / "broken.mp3").write_bytes(b"\x00not audio" * 64)
+    return root
+
+
+def script_for(root, texts):
+    return {len(decode_audio(root / name)): text for name, text in texts.items()}
+
+
+def test_evaluate_scores_missing_errors_and_also_accept(small_corpus, matcher):
+    script = script_for(small_corpus, {
+        "nisa_51.m4a": verse_text([(4, 44)]),  # the near-identical verse: accepted via also_accept
+        "ikhlas_2_3.m4a": verse_text([(112, 2), (112, 3)]),
+        "001001.mp3": "",  # the model heard nothing
+        "multi.wav": verse_text([(36, a) for a in range(1, 4)]),  # 3 of 5 verses
+    })
+    model = ScriptedModel(script, batch_size=2)
+    corpus = load_corpus(small_corpus)
+    run = evaluate(model, corpus, matcher, "scripted")
+    rows = {r["id"]: r for r in run["per_sample"]}
+
+    assert run["missing"] == ["gone"] and "gone" not in rows
+    assert run["total"] == 6 and run["scored"] == 5 and run["errors"] == 1
+    assert rows["broken"]["predicted"] == [] and rows["broken"]["recall"] == 0 and "error" in rows["broken"]
+    assert rows["broken"]["latency"] is None
+
+    assert rows["imran_23"]["predicted"] == [{"surah": 4, "ayah": 44}]
+    assert rows["imran_23"]["recall"] == 1.0 and rows["imran_23"]["accepted"] == 1
+    assert rows["ikhlas"]["sequence_accuracy"] == 1.0
+    assert rows["fatiha_1"]["predicted"] == [] and rows["fatiha_1"]["recall"] == 0.0
+    assert rows["yasin"]["recall"] == pytest.approx(0.6) and rows["yasin"]["precision"] == 1.0
+
+    assert run["recall"] == pytest.approx((1 + 1 + 0 + 0.6 + 0) / 5)
+    assert run["sequence_accuracy"] == pytest.approx(2 / 5)
+    assert run["model_size"] == 1234 and run["settings"]["batch_size"] == 2
+    # one untimed warm-up call, then batches of two over the four decodable clips
+    assert model.calls == [1, 2, 2]
+    lat = [r["latency"] for r in run["per_sample"] if r["latency"] is not None]
+    assert len(lat) == 4 and run["avg_latency"] == pytest.approx(np.mean(lat))
+    assert run["p50_latency"] <= run["p90_latency"]
+    for key in ("name", "recall", "precision", "sequence_accuracy", "total", "avg_latency", "model_size"):
+        assert key in run
+    for key in ("id", "expected", "predicted", "recall", "precision", "sequence_accuracy", "latency", "transcript"):
+        assert key in rows["ikhlas"]
+
+
+def test_no_also_accept_reproduces_old_scoring(small_corpus, matcher):
+    script = script_for(small_corpus, {name: verse_text([(4, 44)]) for name in
+                                       ("nisa_51.m4a", "ikhlas_2_3.m4a", "001001.mp3", "multi.wav")})
+    run = evaluate(ScriptedModel(script), load_corpus(small_corpus), matcher, "x", RunOptions(also_accept=False))
+    row = next(r for r in run["per_sample"] if r["id"] == "imran_23")
+    assert row["recall"] == 0.0 and "accepted" not in row and row["also_accept"]
+
+
+@pytest.mark.parametrize(("ref", "name"), [("/w/runs/v3-hybrid/model.nemo", "v3-hybrid"), ("/m/base.nemo", "base"),
+                                           ("nvidia/stt_ar_fastconformer_hybrid_large_pcd_v1.0",
+                                            "nvidia/stt_ar_fastconformer_hybrid_large_pcd_v1.0")])
+def test_default_run_name(ref, name):
+    assert default_run_name(ref) == name
