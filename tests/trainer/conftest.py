@@ -30,10 +30,10 @@ def local_quran_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_quran_parquet(tmp_path_factory) -> Path:
-    """A folder of parquet files whose names give the splits, as on the hub."""
+    """Parquet shards named like a hub dataset's (`data/<split>-00000-of-00001.parquet`)."""
     path = tmp_path_factory.mktemp("quran-parquet")
     for split, ds in _quran_dict().items():
-        ds.to_parquet(str(path / f"{split}.parquet"))
+        ds.to_parquet(str(path / "data" / f"{split}-00000-of-00001.parquet"))
     return path
 
 
