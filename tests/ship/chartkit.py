@@ -1,0 +1,38 @@
+"""Small helpers for rendering the chart and reading multi-document YAML."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from shippaths import CHART
+
+
+def docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render(helm, *sets: str, release: str = "qft", namespace: str = "quranft-system") -> list[dict]:
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    for s in sets:
+        args += ["--set", s]
+    return docs(helm(*args).stdout)
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def file_docs(path: Path) -> list[dict]:
+    return docs(path.read_text())
+
+
+ALL_TOGGLES = ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true",
+               "metrics.prometheusRule.enabled=true", "grafana.dashboard.enabled=true", "kueue.enabled=true",
+               "kueue.localQueues[0].name=team-a", "kueue.localQueues[0].namespace=team-a")

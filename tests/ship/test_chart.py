@@ -1,0 +1,117 @@
+"""The Helm chart: lint, render with every toggle, and agree with manifests/ and the operator's settings."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from chartkit import ALL_TOGGLES, by_kind, file_docs, one, render
+from shippaths import CHART, DASHBOARD, MANIFESTS, RULES
+
+
+def test_helm_lint_strict(helm):
+    helm("lint", "--strict", str(CHART))
+    helm("lint", "--strict", str(CHART), *sum((["--set", s] for s in ALL_TOGGLES), []))
+
+
+def test_default_render_is_operator_crd_rbac_and_service(helm):
+    kinds = sorted(o["kind"] for o in render(helm))
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service",
+                     "ServiceAccount"]
+
+
+def test_every_toggle_renders_its_object(helm):
+    kinds = {o["kind"] for o in render(helm, *ALL_TOGGLES)}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "ResourceFlavor", "ClusterQueue",
+            "LocalQueue"} <= kinds
+
+
+def test_crd_file_is_identical_to_manifests_and_kept_on_uninstall(helm):
+    source = (MANIFESTS / "crd" / "quranfinetunes.quranft.io.yaml").read_bytes()
+    assert (CHART / "files" / "crds" / "quranfinetunes.quranft.io.yaml").read_bytes() == source, \
+        "copy manifests/crd/quranfinetunes.quranft.io.yaml to charts/quran-finetune/files/crds/"
+    crd = one(render(helm), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["spec"] == yaml.safe_load(source)["spec"]
+    assert not by_kind(render(helm, "crds.enabled=false"), "CustomResourceDefinition")
+
+
+def test_cluster_role_rules_match_manifests(helm):
+    manifest_role = next(d for d in file_docs(MANIFESTS / "rbac" / "operator.yaml") if d["kind"] == "ClusterRole")
+    assert one(render(helm), "ClusterRole")["rules"] == manifest_role["rules"]
+
+
+def test_deployment_is_one_recreated_non_root_replica(helm):
+    dep = one(render(helm), "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def _operator_env(helm, *sets: str) -> dict[str, str]:
+    container = one(render(helm, *sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_values_reach_the_operator_settings(helm):
+    """Every QURANFT_OPERATOR_* variable the chart sets is a real settings field and parses."""
+    from quranft.operator.settings import ENV_PREFIX, OperatorSettings, settings_from_env
+
+    env = _operator_env(helm, "operator.budget.maxConcurrentTrainings=2", "operator.budget.maxGpusPerNamespace=4",
+                        "image.tag=9.9.9", "operator.metricsPort=9090",
+                        "workloads.gpu.nodeSelector.gpu-type=h100",
+                        "workloads.gpu.tolerations[0].key=dedicated",
+                        "workloads.gpu.tolerations[0].operator=Exists")
+    ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    unknown = sorted(k for k in ours if k[len(ENV_PREFIX):].lower() not in OperatorSettings.model_fields)
+    assert not unknown, f"chart sets variables the operator ignores: {unknown}"
+    settings = settings_from_env(ours)
+    assert settings.max_concurrent_trainings == 2 and settings.max_gpus_per_namespace == 4
+    assert settings.metrics_port == 9090
+    assert settings.gpu_image == "ghcr.io/quran-finetune/trainer:9.9.9"
+    assert settings.cpu_image == "ghcr.io/quran-finetune/trainer-cpu:9.9.9"
+
+
+def test_names_are_truncated_to_63_characters(helm):
+    objects = render(helm, release="r" * 53)  # helm's own release-name limit
+    objects += render(helm, *ALL_TOGGLES, "fullnameOverride=" + "f" * 70)
+    names = [o["metadata"]["name"] for o in objects if o["kind"] != "CustomResourceDefinition"]
+    assert len(names) >= 5 and all(len(n) <= 63 and not n.endswith("-") for n in names), names
+
+
+def test_dashboard_config_map_carries_the_sidecar_label_and_the_json(helm):
+    cm = one(render(helm, "grafana.dashboard.enabled=true", "grafana.dashboard.sidecarLabel=my_dash",
+                    "grafana.dashboard.sidecarLabelValue=yes"), "ConfigMap")
+    assert cm["metadata"]["labels"]["my_dash"] == "yes"
+    assert json.loads(cm["data"]["quranft-training.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_prometheus_rule_carries_the_rule_file_and_extra_alert_labels(helm):
+    rule = one(render(helm, "metrics.prometheusRule.enabled=true", "metrics.prometheusRule.alertLabels.team=ml"),
+               "PrometheusRule")
+    source = yaml.safe_load(RULES.read_text())
+    assert [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]] == \
+        [r["alert"] for g in source["groups"] for r in g["rules"]]
+    assert all(r["labels"]["team"] == "ml" for g in rule["spec"]["groups"] for r in g["rules"])
+    assert [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]] == \
+        [r["expr"] for g in source["groups"] for r in g["rules"]]
+
+
+def test_service_monitor_needs_the_service(helm):
+    out = helm("template", "qft", str(CHART), "--set", "metrics.serviceMonitor.enabled=true",
+               "--set", "metrics.service.enabled=false", check=False)
+    assert out.returncode != 0 and "needs metrics.service.enabled" in out.stderr
+
+
+@pytest.mark.parametrize("values", [("operator.watchNamespaces[0]=team-a", "operator.watchNamespaces[1]=team-b")])
+def test_watch_namespaces_become_flags(helm, values):
+    container = one(render(helm, *values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--namespace=team-a" in container["args"] and "--namespace=team-b" in container["args"]
+    assert "--all-namespaces" not in container["args"]
