@@ -105,15 +105,17 @@ def run_entry(namespace: str, name: str, meta: Mapping[str, Any], spec: Mapping[
 
 # --- handlers ------------------------------------------------------------------------------------------------
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE)
+# Creation and spec edits (e.g. suspend) get an immediate pass; everything else, including the state left
+# by an operator restart, is picked up by the timer from the live body (one timer task per resource, so
+# passes of one resource never overlap except with these two; a per-resource lock serialises them).
+@kopf.on.create(*RESOURCE, backoff=5)
+@kopf.on.update(*RESOURCE, backoff=5)
 def on_change(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
               run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index, **_: Any) -> None:
     reconcile(body, memo, patch, logger, run_jobs, run_pods, runs)
 
 
-@kopf.timer(*RESOURCE, interval=TIMER_INTERVAL, initial_delay=1.0)
+@kopf.timer(*RESOURCE, interval=TIMER_INTERVAL, initial_delay=2.0, backoff=TIMER_INTERVAL)
 def on_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
              run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index, **_: Any) -> None:
     reconcile(body, memo, patch, logger, run_jobs, run_pods, runs)
