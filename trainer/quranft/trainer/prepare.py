@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from quranft.trainer.config import DataSpec, RunConfig, data_spec_hash
 from quranft.trainer.errors import DataError
 
@@ -51,7 +53,7 @@ class SourceCounts:
     duration_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        out = {_camel(k): v for k, v in asdict(self).items()}
+        out = {to_camel(k): v for k, v in asdict(self).items()}
         out["durationSeconds"] = round(self.duration_seconds, 3)
         return out
 
@@ -59,11 +61,6 @@ class SourceCounts:
         return (f"read={self.rows_read} kept={self.kept} excludedLabel={self.excluded_label} "
                 f"emptyText={self.empty_text} tooShort={self.too_short} tooLong={self.too_long} "
                 f"undecodable={self.undecodable}")
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 @dataclass
