@@ -303,3 +303,32 @@ def test_concurrent_prepares_of_one_spec_both_succeed(tmp_path, local_quran_data
 def test_formats_libsndfile_cannot_read_go_through_ffmpeg(tmp_path):
     samples, rate = decode({"bytes": synth_m4a(1.5, tmp_path), "path": "phone.m4a"})
     assert rate == 16000 and len(samples) / rate == pytest.approx(1.5, abs=0.1)
+
+
+def test_hub_sources_stream_by_name_and_leave_the_token_to_the_environment(
+        tmp_path, monkeypatch, local_quran_parquet, local_retasy_dataset):
+    # The hub is out of reach in tests: only `load_dataset` is replaced, by local copies of the two corpora.
+    import datasets
+
+    real_load_dataset = datasets.load_dataset
+    calls = []
+
+    def hub(name, **kwargs):
+        calls.append((name, kwargs))
+        if name == "RetaSy/quranic_audio_dataset":
+            return datasets.load_from_disk(str(local_retasy_dataset)).to_iterable_dataset()
+        assert name == "rabah2026/Quran-Ayah-Corpus"
+        return real_load_dataset(str(local_quran_parquet), **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    cfg = load_config(None, [f"run.workspace={tmp_path / 'ws'}", "data.maxDurationSeconds=5",
+                             "data.blend.maxSamples=2"])
+    summary = prep.prepare(cfg, log=quiet)
+    assert calls == [
+        ("rabah2026/Quran-Ayah-Corpus", {"split": "train", "streaming": True}),
+        ("RetaSy/quranic_audio_dataset", {"split": "train", "streaming": True}),
+        ("rabah2026/Quran-Ayah-Corpus", {"split": "validation", "streaming": True}),
+    ]
+    sources = summary["stats"]["train"]["sources"]
+    assert sources["primary"]["dataset"] == "rabah2026/Quran-Ayah-Corpus" and sources["primary"]["kept"] == 4
+    assert sources["blend"]["kept"] == 2 and sources["blend"]["excludedLabel"] == 0  # rows 0-1: no bad label
