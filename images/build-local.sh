@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Build trainer-cpu and operator locally without pulling any base image, then run the CPU stub for a few
+# training steps in the trainer-cpu image. Not part of CI: torch from PyPI (the only index reachable here)
+# is the ~4 GB CUDA build, which makes the trainer-cpu build too slow for CI. Prints timings and sizes.
+#
+#   images/build-local.sh            # needs root (debootstrap, podman); installs its Debian packages
+#   TAG=dev SKIP_TRAIN=1 images/build-local.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG=${TAG:-0.1.0}
+SUITE=${SUITE:-bookworm}
+WORK=${WORK:-/var/tmp/quranft-images}
+BASE=localhost/quranft-base:${SUITE}
+# Flags that make podman work in this kind of sandbox: runc (crun lacks the needed cgroup support here),
+# cgroupfs (no systemd), and explicit ulimits (the defaults exceed the sandbox's hard limits).
+PODMAN_RUN_FLAGS=(--runtime /usr/sbin/runc --cgroup-manager=cgroupfs)
+ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+say() { printf '%s build-local: %s\n' "$(date -u +%T)" "$*" >&2; }
+timed() { local t0=$SECONDS; "$@"; say "  took $((SECONDS - t0)) s"; }
+
+need=()
+for tool in podman debootstrap /usr/sbin/runc; do command -v "$tool" > /dev/null || need+=("$tool"); done
+if ((${#need[@]})); then
+  say "installing podman debootstrap runc"
+  apt-get install -y -q podman debootstrap runc > /dev/null
+fi
+
+# 1. A Debian base image from debootstrap, with Python 3 (the Containerfiles use python3 -m venv).
+if ! podman "${PODMAN_RUN_FLAGS[@]}" image exists "$BASE"; then
+  say "debootstrap $SUITE -> $BASE"
+  rm -rf "$WORK/rootfs" && mkdir -p "$WORK"
+  timed debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    "$SUITE" "$WORK/rootfs" http://deb.debian.org/debian > "$WORK/debootstrap.log"
+  rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+  tar -C "$WORK/rootfs" -c . | podman "${PODMAN_RUN_FLAGS[@]}" import \
+    --change 'CMD ["/bin/bash"]' - "$BASE" > /dev/null
+fi
+
+build() {  # build <name> [extra build args...]
+  local name=$1; shift
+  say "podman build $name"
+  timed podman "${PODMAN_RUN_FLAGS[@]}" build "${ULIMITS[@]}" \
+    --build-arg BASE_IMAGE="$BASE" --build-arg VERSION="$TAG" \
+    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$@" \
+    -f "images/$name.Containerfile" -t "ghcr.io/quran-finetune/$name:$TAG" .
+  podman "${PODMAN_RUN_FLAGS[@]}" image inspect --format "{{.Size}}" "ghcr.io/quran-finetune/$name:$TAG" |
+    awk -v n="$name" '{printf "image %s: %.0f MB\n", n, $1 / 1e6}'
+}
+
+build operator
+build trainer-cpu --build-arg TORCH_INDEX_URL=https://pypi.org/simple
+
+podman_run() {
+  podman "${PODMAN_RUN_FLAGS[@]}" run --rm "${ULIMITS[@]}" --user 1000:1000 --read-only --tmpfs /tmp \
+    --network none "$@"
+}
+say "operator image: quranft operator --help as uid 65532"
+podman_run --user 65532:65532 "ghcr.io/quran-finetune/operator:$TAG" operator --help > /dev/null
+
+if [[ -z "${SKIP_TRAIN:-}" ]]; then
+  # 2. The CPU stub in the image: tiny model + synthetic recitations -> prepare -> a few training steps.
+  ws=$(mktemp -d "$WORK/ws.XXXX") && chmod 0777 "$ws"
+  cat > "$ws/config.json" <<'JSON'
+{"run": {"name": "image-smoke", "namespace": "local", "workspace": "/workspace"},
+ "data": {"source": "local", "localPath": "/workspace/synth/dataset"},
+ "training": {"baseModel": "/workspace/tiny.nemo", "mode": "ctcOnly", "maxSteps": 10, "batchSize": 4,
+              "learningRate": 0.003, "warmupSteps": 2, "precision": "32", "valCheckInterval": 5,
+              "checkpointEveryNSteps": 5},
+ "metrics": {"port": 0, "progressIntervalSeconds": 1}}
+JSON
+  img="ghcr.io/quran-finetune/trainer-cpu:$TAG"
+  say "CPU stub in $img: tiny-model, synth-data, prepare, train (10 steps)"
+  t0=$SECONDS
+  podman_run -v "$ws:/workspace" "$img" trainer tiny-model --out /workspace/tiny.nemo
+  podman_run -v "$ws:/workspace" "$img" trainer synth-data --out /workspace/synth
+  podman_run -v "$ws:/workspace" "$img" trainer prepare --config /workspace/config.json
+  podman_run -v "$ws:/workspace" "$img" trainer train --config /workspace/config.json |
+    grep -E '^QURANFT_PROGRESS|"stage": ?"train"' | tail -3
+  say "CPU stub finished in $((SECONDS - t0)) s; model: $(ls -l "$ws/runs/image-smoke/model.nemo" | awk '{print $5}') bytes"
+fi
