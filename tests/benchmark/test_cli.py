@@ -120,11 +120,12 @@ def test_run_bad_baseline_file_is_config_error(tmp_path, recitations):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """An untrained tiny FastConformer hybrid .nemo built once by the trainer's tiny-model builder."""
-    from quranft.trainer.tiny import write_tiny_model
+    """An untrained tiny FastConformer hybrid .nemo, built once with `quranft trainer tiny-model`."""
+    from quranft.trainer.cli import main as trainer_main
 
-    path = tmp_path_factory.mktemp("tiny") / "tiny.nemo"
-    write_tiny_model(path)
+    folder = tmp_path_factory.mktemp("tiny")
+    path = folder / "tiny.nemo"
+    assert trainer_main(["tiny-model", "--out", str(path), "--termination-log", str(folder / "term")]) == 0
     return path
 
 
