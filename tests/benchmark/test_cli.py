@@ -188,3 +188,23 @@ def test_run_side_by_side_and_saved_baseline(tmp_path, tiny_model, recitations, 
     assert again["resultsPath"] != msg["resultsPath"]
     saved = json.loads(open(again["resultsPath"]).read())
     assert saved[1]["role"] == "baseline" and saved[1]["source"] == msg["resultsPath"]
+
+
+def test_run_without_nemo_is_environment_error(tmp_path, recitations, monkeypatch):
+    import sys
+
+    model = tmp_path / "m.nemo"
+    model.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "nemo.collections.asr.models", None)  # import now raises ImportError
+    rc = main(["run", "--model", str(model), "--corpus", str(recitations), "--out", str(tmp_path / "o"),
+               "--termination-log", str(tmp_path / "t")])
+    assert rc == 5 and read_termination(tmp_path / "t")["reason"] == "EnvironmentError"
+
+
+def test_run_corrupt_model_is_benchmark_error(tmp_path, recitations):
+    model = tmp_path / "m.nemo"
+    model.write_bytes(b"not a tar archive" * 10)
+    rc = main(["run", "--model", str(model), "--corpus", str(recitations), "--out", str(tmp_path / "o"),
+               "--termination-log", str(tmp_path / "t")])
+    msg = read_termination(tmp_path / "t")
+    assert rc == 4 and msg["reason"] == "TrainingError" and "cannot restore" in msg["message"]
