@@ -1,0 +1,145 @@
+"""`quranft trainer ...`: prepare, train, doctor, tiny-model, synth-data.
+
+Every failure maps to an exit code and a one-line JSON summary on the termination-message path
+(docs/contracts.md); heavy libraries are imported only inside the sub-command that needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from quranft.trainer.config import ConfigError, load_config
+from quranft.trainer.errors import FAILURES, EXIT_OK, classify, failure_summary, write_termination_message
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: the Job's retry resumes from the checkpoint
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits 2 by itself; raising keeps the failure summary on the termination-log path too.
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--termination-log", type=Path, default=None,
+                        help="where the one-line JSON summary goes (default: $QURANFT_TERMINATION_LOG, "
+                             "else /dev/termination-log when writable)")
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument("--config", type=Path, default=None, help="run config JSON (docs/contracts.md)")
+    with_config.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=c",
+                             help="override one config field (repeatable)")
+
+    parser = _Parser(prog="quranft trainer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("prepare", parents=[common, with_config],
+                   help="build NeMo manifests + 16 kHz WAVs in the workspace (cached by data hash)")
+    sub.add_parser("train", parents=[common, with_config],
+                   help="fine-tune on the prepared manifests; resumes from the run's last checkpoint")
+    doctor = sub.add_parser("doctor", parents=[common, with_config],
+                            help="report torch/CUDA/libnvvm; fails if the configured mode cannot run here")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    tiny = sub.add_parser("tiny-model", parents=[common], help="write the untrained CPU-stub base model (.nemo)")
+    tiny.add_argument("--out", type=Path, required=True)
+    tiny.add_argument("--seed", type=int, default=1234)
+    synth = sub.add_parser("synth-data", parents=[common],
+                           help="synthesise Arabic recitations (espeak-ng): a local dataset + a benchmark corpus")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--surahs", default="1,112,113,114", help="comma-separated surah numbers")
+    return parser
+
+
+def _prepare(args) -> dict[str, Any]:
+    from quranft.trainer.prepare import prepare
+
+    return prepare(load_config(args.config, args.overrides), log=_log)
+
+
+def _train(args) -> dict[str, Any]:
+    from quranft.trainer.train import train
+
+    return train(load_config(args.config, args.overrides), log=_log)
+
+
+def _doctor(args) -> dict[str, Any]:
+    from quranft.trainer.doctor import check_mode, report
+
+    cfg = load_config(args.config, args.overrides)
+    info = report()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for key, value in info.items():
+            print(f"{key:>14}: {value}")
+    check_mode(cfg.training.mode, info["cudaAvailable"])
+    return {"ok": True, "stage": "doctor", "cudaAvailable": info["cudaAvailable"], "libnvvm": info["libnvvm"]}
+
+
+def _tiny(args) -> dict[str, Any]:
+    from quranft.trainer.tiny import write_tiny_model
+
+    result = write_tiny_model(args.out, seed=args.seed)
+    _log(f"tiny-model: {result['parameters']:,} parameters, {result['sizeBytes']:,} bytes -> {result['path']}")
+    return {"ok": True, "stage": "tiny-model", **result}
+
+
+def _synth(args) -> dict[str, Any]:
+    from quranft.trainer.synth import parse_surahs, write_synth_data
+
+    return {"ok": True, "stage": "synth-data", **write_synth_data(args.out, parse_surahs(args.surahs), log=_log)}
+
+
+COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "prepare": _prepare, "train": _train, "doctor": _doctor, "tiny-model": _tiny, "synth-data": _synth,
+}
+
+
+def _termination_log_arg(argv: list[str]) -> Path | None:
+    """The --termination-log value even when the rest of the command line does not parse."""
+    for i, arg in enumerate(argv):
+        if arg == "--termination-log" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--termination-log="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        build_parser().print_help()
+        return EXIT_OK if argv else 2
+    stage = argv[0] if argv[0] in COMMANDS else "trainer"
+    term_log = _termination_log_arg(argv)
+    try:
+        args = build_parser().parse_args(argv)
+        summary = COMMANDS[args.command](args)
+    except SystemExit as exc:  # --help inside a sub-command
+        return int(exc.code or 0)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit code + summary
+        from quranft.trainer.train import Preempted
+
+        if isinstance(exc, Preempted):
+            _log(f"{stage}: {exc}")
+            write_termination_message({"ok": False, "stage": stage, "reason": "Preempted", "message": str(exc)},
+                                      term_log)
+            return EXIT_PREEMPTED
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        reason, code = classify(exc)
+        if not isinstance(exc, tuple(FAILURES)):
+            traceback.print_exc()  # unexpected: keep the stack in the pod log
+        print(f"{stage}: {reason}: {exc}", file=sys.stderr, flush=True)
+        write_termination_message(failure_summary(stage, exc), term_log)
+        return code
+    line = write_termination_message(summary, term_log)
+    _log(line)
+    return EXIT_OK

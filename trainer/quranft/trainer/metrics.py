@@ -1,0 +1,105 @@
+"""Training telemetry: Prometheus gauges, `progress.json` and the `QURANFT_PROGRESS` stdout line.
+
+The operator reads the last progress line from the pod log (docs/contracts.md); Prometheus scrapes the
+gauges. Both are fed by one Lightning callback (quranft.trainer.callbacks).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+PROGRESS_PREFIX = "QURANFT_PROGRESS "
+
+
+def metric_labels(run_name: str, namespace: str) -> dict[str, str]:
+    """Run/namespace labels; the pod's environment wins over the config (the operator sets both)."""
+    return {"run": os.environ.get("QURANFT_RUN_NAME", run_name),
+            "namespace": os.environ.get("QURANFT_NAMESPACE", os.environ.get("POD_NAMESPACE", namespace))}
+
+
+class TrainingMetrics:
+    """Prometheus gauges on their own registry, served over HTTP while training runs (port 0: off)."""
+
+    def __init__(self, labels: dict[str, str], port: int):
+        from prometheus_client import CollectorRegistry, Gauge
+
+        self.registry = CollectorRegistry()
+        self.port = port
+        self._server = None
+        names = list(labels)
+
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Any:
+            return Gauge(f"quranft_{name}", doc, names + list(extra), registry=self.registry)
+
+        self._loss = gauge("train_loss", "Training loss of the last optimiser step", ("kind",))
+        self._lr = gauge("learning_rate", "Current learning rate")
+        self._step = gauge("global_step", "Optimiser steps done")
+        self._max_steps = gauge("max_steps", "Optimiser steps planned")
+        self._wer = gauge("val_wer", "Validation WER of the CTC head")
+        self._sps = gauge("samples_per_second", "Training throughput")
+        self._epoch = gauge("epoch", "Current epoch")
+        self.labels = labels
+
+    def start(self) -> int:
+        """Serve /metrics; returns the bound port (useful when configured as an ephemeral one)."""
+        if self.port == 0:
+            return 0
+        from prometheus_client import start_http_server
+
+        self._server, _ = start_http_server(self.port, registry=self.registry)
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def update(self, *, step: int | None = None, max_steps: int | None = None, losses: dict[str, float] | None = None,
+               lr: float | None = None, val_wer: float | None = None, samples_per_second: float | None = None,
+               epoch: int | None = None) -> None:
+        for kind, value in (losses or {}).items():
+            self._loss.labels(**self.labels, kind=kind).set(value)
+        for gauge, value in ((self._step, step), (self._max_steps, max_steps), (self._lr, lr),
+                             (self._wer, val_wer), (self._sps, samples_per_second), (self._epoch, epoch)):
+            if value is not None:
+                gauge.labels(**self.labels).set(value)
+
+
+def rfc3339_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class ProgressReporter:
+    """Writes progress.json and prints the progress line, at most once per `interval` seconds."""
+
+    def __init__(self, path: Path, interval: float, *, out: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path = path
+        self.interval = interval
+        self._out = out or (lambda line: print(line, flush=True))
+        self._clock = clock
+        self._last: float | None = None
+
+    def report(self, *, step: int, max_steps: int, loss: float | None, lr: float | None, epoch: int,
+               force: bool = False, **extra: Any) -> bool:
+        now = self._clock()
+        if not force and self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        doc = {"step": step, "maxSteps": max_steps, "loss": loss, "lr": lr, "epoch": epoch,
+               "updatedAt": rfc3339_now(), **extra}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, doc)
+        self._out(PROGRESS_PREFIX + json.dumps(doc, separators=(",", ":")))
+        return True

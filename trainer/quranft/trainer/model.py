@@ -1,0 +1,101 @@
+"""Base model loading, freezing and data wiring (NeMo's fine-tune steps: base model -> freeze -> data)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from quranft.trainer.config import ConfigError, FreezeSpec, TrainingSpec
+from quranft.trainer.errors import DataError
+
+TRAIN_MANIFEST = "train_manifest.json"
+VAL_MANIFEST = "val_manifest.json"
+
+
+def load_base(base_model: str):
+    """A hybrid RNNT+CTC model from a hub name, a local .nemo file, or `tiny` (the CPU stub)."""
+    from nemo.collections.asr.models import ASRModel, EncDecHybridRNNTCTCModel
+
+    if base_model == "tiny":
+        from quranft.trainer.tiny import build_tiny_model
+
+        model = build_tiny_model()
+    elif base_model.endswith(".nemo") or "/" in base_model and Path(base_model).exists():
+        if not Path(base_model).is_file():
+            raise ConfigError(f"training.baseModel: {base_model} does not exist")
+        model = ASRModel.restore_from(base_model, map_location="cpu")
+    else:
+        model = ASRModel.from_pretrained(base_model, map_location="cpu")
+    if not isinstance(model, EncDecHybridRNNTCTCModel):
+        raise ConfigError(f"training.baseModel: {base_model} is a {type(model).__name__}, "
+                          "not a hybrid RNNT+CTC model")
+    return model
+
+
+def frozen_modules(model, spec: FreezeSpec) -> list:
+    """The modules to freeze; ConfigError when more encoder layers are asked for than the model has."""
+    layers = list(model.encoder.layers)
+    if spec.encoder_layers > len(layers):
+        raise ConfigError(f"training.freeze.encoderLayers: {spec.encoder_layers} exceeds the "
+                          f"{len(layers)} encoder layers of the base model")
+    modules = []
+    if spec.preprocessor:
+        modules.append(model.preprocessor)
+    modules += layers[: spec.encoder_layers]
+    if spec.rnnt_decoder:
+        modules += [model.decoder, model.joint]
+    return modules
+
+
+def freeze(model, spec: FreezeSpec) -> list:
+    """Stop gradients into the frozen modules; returns them (they must also stay in eval mode)."""
+    modules = frozen_modules(model, spec)
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(False)
+        module.eval()
+    return modules
+
+
+def parameter_counts(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def manifest_paths(data_dir: Path) -> tuple[Path, Path]:
+    train, val = data_dir / TRAIN_MANIFEST, data_dir / VAL_MANIFEST
+    for path in (train, val):
+        if not path.is_file() or path.stat().st_size == 0:
+            raise DataError(f"{path} is missing or empty; run `quranft trainer prepare` with the same data "
+                            "config first")
+    return train, val
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def dataset_config(manifest: Path, spec: TrainingSpec, *, sample_rate: int, shuffle: bool,
+                   pin_memory: bool) -> dict[str, Any]:
+    # Durations were filtered by `prepare`; NeMo's own min/max filters stay off so counts match stats.json.
+    return {"manifest_filepath": str(manifest), "sample_rate": sample_rate, "batch_size": spec.batch_size,
+            "shuffle": shuffle, "num_workers": spec.num_workers, "pin_memory": pin_memory,
+            "max_duration": None, "min_duration": None, "trim_silence": False, "use_start_end_token": False}
+
+
+def setup_data(model, data_dir: Path, spec: TrainingSpec, *, pin_memory: bool) -> dict[str, int]:
+    train, val = manifest_paths(data_dir)
+    sample_rate = int(model.cfg.sample_rate)
+    model.setup_training_data(dataset_config(train, spec, sample_rate=sample_rate, shuffle=True,
+                                             pin_memory=pin_memory))
+    model.setup_validation_data(dataset_config(val, spec, sample_rate=sample_rate, shuffle=False,
+                                               pin_memory=pin_memory))
+    return {"trainSamples": count_lines(train), "valSamples": count_lines(val)}
+
+
+def optim_config(spec: TrainingSpec) -> dict[str, Any]:
+    """AdamW with linear warmup then cosine decay to a tenth of the peak LR (NeMo's scheduler)."""
+    return {"name": "adamw", "lr": spec.learning_rate, "betas": [0.9, 0.98], "weight_decay": 1e-3,
+            "sched": {"name": "CosineAnnealing", "warmup_steps": spec.warmup_steps,
+                      "min_lr": spec.learning_rate / 10, "max_steps": spec.max_steps}}
