@@ -118,3 +118,12 @@ def test_empty_or_non_arabic_predicts_nothing(matcher, transcript):
 
 def test_unrelated_arabic_predicts_nothing(matcher):
     assert matcher.predict("ذهبت الى السوق امس واشتريت سيارة حمراء جديدة") == []
+
+
+@pytest.mark.parametrize("refs", [[(2, 255)], run(113, 1, 5), [(36, 1)], [(1, 2)]])
+def test_istiadha_and_closing_formula_are_not_verses(matcher, quran, refs):
+    istiadha, closing = "أعوذ بالله من الشيطان الرجيم", "صدق الله العظيم"
+    assert matcher.predict(f"{istiadha} {recite(quran, refs)}") == refs
+    assert matcher.predict(f"{recite(quran, refs)} {closing}") == refs
+    with_basmala = refs if refs != [(1, 2)] else [(1, 1), (1, 2)]  # basmala + 1:2 *is* 1:1-2
+    assert matcher.predict(f"{istiadha} {recite(quran, refs, basmala=True)} {closing}") == with_basmala

@@ -36,7 +36,8 @@ class MatcherConfig:
     anchors_by_coverage: int = 5  # top verses by covered fraction (short verses inside multi-verse clips)
     max_df_fraction: float = 0.08  # trigrams in more verses than this carry almost no identity
     run_length_slack: float = 0.3  # runs of length within |T| * (1 -/+ slack) are candidates
-    basmala_prefix_score: float = 85.0  # a transcript opening this close to the basmala may omit it
+    # a transcript opening (closing) this close to the basmala or another formula may omit it
+    basmala_prefix_score: float = 85.0
 
 
 class VerseMatcher:
@@ -124,25 +125,14 @@ class VerseMatcher:
         return self._joined[self._cum[s] : self._cum[e + 1] - 1]
 
     def match(self, transcript: str) -> Match:
-        text = normalize_arabic(transcript)
-        if not text:
-            return Match([], 0.0, "")
         q = self.quran
-        basmala = q.basmala
-        # Reciters often open with the basmala even mid-surah; try the transcript without it too.
-        stripped = ""
-        if len(text) > len(basmala) and fuzz.ratio(text[: len(basmala)], basmala) >= self.config.basmala_prefix_score:
-            stripped = text[len(basmala) :].strip()
-
         best: Match = Match([], 0.0, "")
-        for query, penalty in ((text, 0.0), (stripped, 1.0)):
-            if not query:
-                continue
+        for query, penalty, basmala_is_verse in self._queries(normalize_arabic(transcript)):
             cutoff = max(self.config.min_score, best.score + penalty)
-            if cutoff > 100.0:  # the full transcript already matched exactly
+            if cutoff > 100.0:  # an earlier query already matched exactly
                 break
             anchors = self._anchors(query)
-            if query is text and stripped:
+            if basmala_is_verse:
                 anchors.insert(0, 0)  # 1:1 is the basmala itself
             choices: list[str] = []
             spans: list[tuple[int, int]] = []
@@ -151,18 +141,49 @@ class VerseMatcher:
                 choices.append(body)
                 spans.append((s, e))
                 if q.opens_with_basmala(s):
-                    choices.append(f"{basmala} {body}")
+                    choices.append(f"{q.basmala} {body}")
                     spans.append((s, e))
             found = process.extractOne(query, choices, scorer=fuzz.ratio, score_cutoff=cutoff)
-            # The stripped query must beat the full one by more than `penalty`: on a tie the basmala
-            # is part of the recitation (1:1 is the basmala itself).
+            # A query without the basmala must beat the one with it by more than `penalty`: on a tie the
+            # basmala is part of the recitation (1:1 is the basmala itself).
             if found is not None and found[1] - penalty > best.score:
                 s, e = spans[found[2]]
                 best = Match(list(q.refs[s : e + 1]), float(found[1]) - penalty, found[0])
         return best
 
+    def _queries(self, text: str) -> list[tuple[str, float, bool]]:
+        """(query, penalty, may start with verse 1:1): the transcript without the formulas reciters say
+        around a recitation (isti'adha before, "sadaqa Allahu al-azim" after; never verses), then also
+        without an opening basmala, which reciters say before any verse, not only before ayah 1."""
+        threshold = self.config.basmala_prefix_score
+        text = _strip_opening(text, _ISTIADHA, threshold) or text
+        text = _strip_closing(text, _CLOSING, threshold) or text
+        if not text:
+            return []
+        without_basmala = _strip_opening(text, self.quran.basmala, threshold)
+        if without_basmala:
+            return [(text, 0.0, True), (without_basmala, 1.0, False)]
+        return [(text, 0.0, False)]
+
     def predict(self, transcript: str) -> list[Verse]:
         return self.match(transcript).verses
+
+
+_ISTIADHA = normalize_arabic("أعوذ بالله من الشيطان الرجيم")
+_CLOSING = normalize_arabic("صدق الله العظيم")
+
+
+def _strip_opening(text: str, phrase: str, threshold: float) -> str:
+    """`text` without a leading `phrase` (fuzzy, ASR errors allowed); "" when it does not open with it."""
+    if len(text) > len(phrase) and fuzz.ratio(text[: len(phrase)], phrase) >= threshold:
+        return text[len(phrase) :].strip()
+    return ""
+
+
+def _strip_closing(text: str, phrase: str, threshold: float) -> str:
+    if len(text) > len(phrase) and fuzz.ratio(text[-len(phrase) :], phrase) >= threshold:
+        return text[: -len(phrase)].strip()
+    return ""
 
 
 def _trigrams(text: str) -> set[str]:
