@@ -146,14 +146,14 @@ def _run(args: argparse.Namespace) -> int:
     candidate = _evaluate_model(args.model, args.name or default_run_name(args.model), corpus, matcher,
                                 options, args)
     candidate["role"] = "candidate"
+    if candidate["errors"] == candidate["scored"]:
+        raise DataError(f"none of the {candidate['scored']} present audio files could be decoded "
+                        f"(first error: {candidate['per_sample'][0].get('error')})")
     if args.baseline_model:
         baseline_run = _evaluate_model(args.baseline_model,
                                        args.baseline_name or default_run_name(args.baseline_model),
                                        corpus, matcher, options, args)
         baseline_run["role"] = "baseline"
-    if candidate["errors"] == candidate["scored"]:
-        raise DataError(f"none of the {candidate['scored']} present audio files could be decoded "
-                        f"(first error: {candidate['per_sample'][0].get('error')})")
 
     metrics = metrics_from_run(candidate)
     base_metrics = metrics_from_run(baseline_run) if baseline_run is not None else None
