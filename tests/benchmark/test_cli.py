@@ -160,18 +160,21 @@ def test_run_tiny_model_over_recitations(tmp_path, tiny_model, recitations, caps
 
 
 @pytest.mark.slow
-def test_run_side_by_side_and_saved_baseline(tmp_path, tiny_model, recitations, capsys):
+def test_run_side_by_side_and_saved_baseline(tmp_path, tiny_model, recitations, capsys, monkeypatch):
+    monkeypatch.setenv("QURANFT_CACHE_DIR", str(tmp_path / "cache"))
     root = make_corpus(tmp_path / "c", [
         entry("fatiha", "001001.mp3", [(1, 1)], copy_from="001001.mp3"),
         entry("ikhlas", "ikhlas_2_3.m4a", [(112, 2), (112, 3)], copy_from="ikhlas_2_3.m4a"),
         entry("gone", "gone.wav", [(1, 2)]),
     ], source=recitations)
     term, out = tmp_path / "term.json", tmp_path / "out"
-    rc = main(["run", "--model", str(tiny_model), "--baseline-model", str(tiny_model), "--name", "cand",
+    # `tiny` is the trainer's untrained base model, the same weights as the `tiny_model` file
+    rc = main(["run", "--model", str(tiny_model), "--baseline-model", "tiny", "--name", "cand",
                "--baseline-name", "base", "--corpus", str(root), "--out", str(out), "--termination-log", str(term)])
     assert rc == 0
     msg = read_termination(term)
-    assert msg["baseline"] is not None and msg["deltas"]["recall"] == 0 and msg["deltas"]["modelSize"] == 0
+    assert msg["baseline"] is not None and msg["deltas"]["recall"] == 0
+    assert (tmp_path / "cache" / "models" / "tiny-base.nemo").is_file()
     assert msg["verdict"] in {"neutral", "regression"}  # same model: only timing noise can differ
     runs = json.loads((out / "latest.json").read_text())
     assert [(r["name"], r["role"]) for r in runs] == [("cand", "candidate"), ("base", "baseline")]

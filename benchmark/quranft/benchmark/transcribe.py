@@ -29,11 +29,16 @@ class ModelInfo:
     decoder: str  # "ctc" always: hybrid models are switched to their CTC head
 
 
+TINY = "tiny"  # the trainer's CPU-stub base model (training.baseModel: tiny), built from config
+
+
 def resolve_model_file(ref: str) -> Path:
-    """A local `.nemo` path, or a hub name (`org/model`) resolved through NeMo's own download cache."""
+    """A local `.nemo` path, `tiny`, or a hub name (`org/model`) resolved through NeMo's download cache."""
     path = Path(ref)
     if path.exists():
         return path
+    if ref == TINY:
+        return _tiny_model_file()
     if ref.endswith(".nemo") or ref.startswith((".", "/")):
         raise ConfigError(f"model: file not found: {ref}")
     asr_model = _asr_model_class()
@@ -41,6 +46,16 @@ def resolve_model_file(ref: str) -> Path:
         return Path(asr_model.from_pretrained(ref, map_location="cpu", return_model_file=True))
     except Exception as exc:  # network, auth, unknown name: all leave us without a model
         raise EnvironmentProblem(f"model: cannot fetch {ref!r} from the hub: {exc}") from exc
+
+
+def _tiny_model_file() -> Path:
+    """The untrained tiny base model, written once into the cache (same builder and seed as the trainer)."""
+    from quranft.trainer.tiny import cache_root, write_tiny_model
+
+    path = cache_root() / "models" / "tiny-base.nemo"
+    if not path.exists():
+        write_tiny_model(path)  # atomic: concurrent runs never read a half-written file
+    return path
 
 
 def _asr_model_class():
