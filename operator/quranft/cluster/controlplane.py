@@ -167,8 +167,13 @@ def node_ready(port: int, pki_dir: Path, name: str) -> bool:
     code, body = api_get(port, pki_dir, f"/api/v1/nodes/{name}")
     if code != 200:
         return False
-    conditions = json.loads(body).get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    node = json.loads(body)
+    conditions = node.get("status", {}).get("conditions") or []
+    # New nodes get a not-ready taint at admission; the controller-manager lifts it once the node is
+    # Ready, and only then can pods schedule.
+    taints = node.get("spec", {}).get("taints") or []
+    return (any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            and not any(t["key"] == "node.kubernetes.io/not-ready" for t in taints))
 
 
 # ------------------------------------------------------------------------------------- components
@@ -298,16 +303,21 @@ def _start_locked(sd: StateDir, nodes: list[NodeConfig], timeout: float, log) ->
     agent_env = dict(os.environ)
     agent_env["PYTHONPATH"] = os.pathsep.join(
         [str(SOURCE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # Everything starts at once: each component retries its upstream, which is faster than waiting.
-    for name in COMPONENTS:
-        state.procs[name] = _spawn(commands[name], sd.logs / f"{name}.log",
-                                   agent_env if name == "node-agent" else None).to_json()
+
+    def start(names: tuple[str, ...]) -> None:
+        for name in names:
+            state.procs[name] = _spawn(commands[name], sd.logs / f"{name}.log",
+                                       agent_env if name == "node-agent" else None).to_json()
         sd.save(state)
 
+    # etcd, the API server and the agent (which retries) start together. The controller-manager and the
+    # scheduler exit if RBAC is not bootstrapped yet, so they wait for /readyz.
+    start(("etcd", "kube-apiserver", "node-agent"))
     deadline = time.monotonic() + timeout
     try:
         _wait(lambda: api_get(ports["apiserver"], sd.pki, "/readyz")[0] == 200, deadline, sd, state,
               "kube-apiserver /readyz")
+        start(("kube-controller-manager", "kube-scheduler"))
         for node in nodes:
             _wait(lambda: node_ready(ports["apiserver"], sd.pki, node.name), deadline, sd, state,
                   f"node {node.name} Ready")

@@ -163,8 +163,9 @@ class NodeAgent:
                     worker.request_delete(0, gone=True)
                 return
             if worker is None:
-                if pod["metadata"].get("deletionTimestamp") and not (pod.get("status") or {}).get("startTime"):
-                    # Never started here: nothing to stop, just confirm the deletion.
+                if pod["metadata"].get("deletionTimestamp"):
+                    # Not running here (never started, or its worker already stopped it): nothing to stop,
+                    # just confirm the deletion. Never start a pod that is being deleted.
                     self.kube.delete(f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/"
                                      f"{pod['metadata']['name']}",
                                      {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})
