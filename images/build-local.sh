@@ -5,6 +5,7 @@
 #
 #   images/build-local.sh            # needs root (debootstrap, podman); installs its Debian packages
 #   TAG=dev SKIP_TRAIN=1 images/build-local.sh
+#   IMAGES=operator images/build-local.sh   # only the operator image
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${TAG:-0.1.0}
@@ -32,6 +33,14 @@ if ! podman "${PODMAN_RUN_FLAGS[@]}" image exists "$BASE"; then
   timed debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
     "$SUITE" "$WORK/rootfs" http://deb.debian.org/debian > "$WORK/debootstrap.log"
   rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+  # Machines behind a TLS-inspecting proxy trust its CA in the host bundle: the local base trusts what the
+  # host trusts, so pip inside `podman build` reaches PyPI. (Only this local base; the Containerfiles
+  # themselves stay generic.)
+  if [[ -f ${HOST_CA:=/etc/ssl/certs/ca-certificates.crt} ]]; then
+    cp "$HOST_CA" "$WORK/rootfs/usr/local/share/ca-certificates/host-bundle.crt"
+    chroot "$WORK/rootfs" update-ca-certificates > /dev/null 2>&1 || true
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$WORK/rootfs/etc/pip.conf"
+  fi
   tar -C "$WORK/rootfs" -c . | podman "${PODMAN_RUN_FLAGS[@]}" import \
     --change 'CMD ["/bin/bash"]' - "$BASE" > /dev/null
 fi
@@ -47,17 +56,24 @@ build() {  # build <name> [extra build args...]
     awk -v n="$name" '{printf "image %s: %.0f MB\n", n, $1 / 1e6}'
 }
 
-build operator
-build trainer-cpu --build-arg TORCH_INDEX_URL=https://pypi.org/simple
+IMAGES=${IMAGES:-operator trainer-cpu}
+for image in $IMAGES; do
+  case $image in
+    trainer-cpu) build trainer-cpu --build-arg TORCH_INDEX_URL=https://pypi.org/simple ;;
+    *) build "$image" ;;
+  esac
+done
 
 podman_run() {
   podman "${PODMAN_RUN_FLAGS[@]}" run --rm "${ULIMITS[@]}" --user 1000:1000 --read-only --tmpfs /tmp \
     --network none "$@"
 }
-say "operator image: quranft operator --help as uid 65532"
-podman_run --user 65532:65532 "ghcr.io/quran-finetune/operator:$TAG" operator --help > /dev/null
+if [[ " $IMAGES " == *" operator "* ]]; then
+  say "operator image: quranft operator --help as uid 65532"
+  podman_run --user 65532:65532 "ghcr.io/quran-finetune/operator:$TAG" operator --help > /dev/null
+fi
 
-if [[ -z "${SKIP_TRAIN:-}" ]]; then
+if [[ -z "${SKIP_TRAIN:-}" && " $IMAGES " == *" trainer-cpu "* ]]; then
   # 2. The CPU stub in the image: tiny model + synthetic recitations -> prepare -> a few training steps.
   ws=$(mktemp -d "$WORK/ws.XXXX") && chmod 0777 "$ws"
   cat > "$ws/config.json" <<'JSON'
