@@ -1,6 +1,7 @@
 """Small helpers for rendering the chart and reading multi-document YAML."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -8,8 +9,16 @@ import yaml
 from shippaths import CHART
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: Helm's toYaml writes 5e-05, which PyYAML (YAML 1.1) would read as a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def docs(text: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(text) if d]
+    return [d for d in yaml.load_all(text, Loader=_Loader) if d]
 
 
 def render(helm, *sets: str, release: str = "qft", namespace: str = "quranft-system") -> list[dict]:

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from chartkit import ALL_TOGGLES, by_kind, file_docs, one, render
+from chartkit import ALL_TOGGLES, by_kind, docs, file_docs, one, render
 from shippaths import CHART, DASHBOARD, MANIFESTS, RULES
 
 
@@ -33,7 +33,7 @@ def test_crd_file_is_identical_to_manifests_and_kept_on_uninstall(helm):
         "copy manifests/crd/quranfinetunes.quranft.io.yaml to charts/quran-finetune/files/crds/"
     crd = one(render(helm), "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert crd["spec"] == yaml.safe_load(source)["spec"]
+    assert crd["spec"] == docs(source.decode())[0]["spec"]
     assert not by_kind(render(helm, "crds.enabled=false"), "CustomResourceDefinition")
 
 
