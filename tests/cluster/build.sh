@@ -14,6 +14,14 @@ tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
 
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
 
+# One build at a time per cache: a second caller (another test session, `quranft cluster up`) waits for
+# the first and then reuses its output.
+if ! have_all; then
+  mkdir -p "$cache"
+  exec 9>"$cache/.k8s-build.lock"
+  flock 9
+fi
+
 if have_all; then
   echo "cluster binaries: reusing $bin" >&2
 else

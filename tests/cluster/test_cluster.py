@@ -115,6 +115,7 @@ def test_exit_code_and_termination_message_in_status(namespace, core):
 
 
 def test_resource_quota_on_gpus_holds_back_second_job(cluster, namespace, batch, core, tmp_path: Path):
+    assert max(n.gpus for n in cluster.nodes) >= 1, "the cluster must advertise nvidia.com/gpu (--gpus)"
     core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "gpus"},
                                                       "spec": {"hard": {"requests.nvidia.com/gpu": "1"}}})
     wait_for(lambda: core.read_namespaced_resource_quota_status("gpus", namespace).status.hard,

@@ -107,7 +107,7 @@ class PodWorker(threading.Thread):
             self.reason, self.message = "NodeAgentError", "the embedded node agent failed; see its log"
             self.phase = "Failed"
             self._push()
-            self.delete_requested.wait()
+            self._idle_until_deleted()
         finally:
             self._finish()
 
@@ -118,7 +118,7 @@ class PodWorker(threading.Thread):
             return
         self._push()
         if not self._resolve_images() or not self._prepare_volumes():
-            self.delete_requested.wait()
+            self._idle_until_deleted()
             return
         for rec in self.init:
             if not self._run_init(rec):
@@ -127,8 +127,12 @@ class PodWorker(threading.Thread):
         for rec in self.main:
             self._start(rec)
         self._supervise()
-        if not self.delete_requested.is_set():
-            self.delete_requested.wait()
+        self._idle_until_deleted()
+
+    def _idle_until_deleted(self) -> None:
+        """Wait for deletion, re-sending the last status if sending it failed (API server hiccup)."""
+        while not self.delete_requested.wait(2.0):
+            self._push()
 
     def _resolve_images(self) -> bool:
         shim = str(self.agent.shim_dir)
@@ -179,6 +183,7 @@ class PodWorker(threading.Thread):
                 self.failed_init = True
                 self.phase = "Failed"
                 self._push()
+                self._idle_until_deleted()
                 return False
             self._schedule_restart(rec)
             self._push()
