@@ -22,7 +22,8 @@ def docs(text: str) -> list[dict]:
 
 
 def render(helm, *sets: str, release: str = "qft", namespace: str = "quranft-system") -> list[dict]:
-    args = ["template", release, str(CHART), "--namespace", namespace]
+    # --kube-version: a helm built from source without version ldflags assumes Kubernetes v1.20.
+    args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
     for s in sets:
         args += ["--set", s]
     return docs(helm(*args).stdout)
@@ -42,6 +43,7 @@ def file_docs(path: Path) -> list[dict]:
     return docs(path.read_text())
 
 
+KUBE_VERSION = "v1.37.2"
 ALL_TOGGLES = ("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true",
                "metrics.prometheusRule.enabled=true", "grafana.dashboard.enabled=true", "kueue.enabled=true",
                "kueue.localQueues[0].name=team-a", "kueue.localQueues[0].namespace=team-a")

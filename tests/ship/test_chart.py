@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from chartkit import ALL_TOGGLES, by_kind, docs, file_docs, one, render
+from chartkit import ALL_TOGGLES, KUBE_VERSION, by_kind, docs, file_docs, one, render
 from shippaths import CHART, DASHBOARD, MANIFESTS, RULES
 
 
@@ -27,10 +27,12 @@ def test_every_toggle_renders_its_object(helm):
             "LocalQueue"} <= kinds
 
 
-def test_crd_file_is_identical_to_manifests_and_kept_on_uninstall(helm):
+def test_crd_and_rbac_files_are_identical_to_manifests_and_crd_is_kept(helm):
     source = (MANIFESTS / "crd" / "quranfinetunes.quranft.io.yaml").read_bytes()
-    assert (CHART / "files" / "crds" / "quranfinetunes.quranft.io.yaml").read_bytes() == source, \
-        "copy manifests/crd/quranfinetunes.quranft.io.yaml to charts/quran-finetune/files/crds/"
+    sync = "run charts/quran-finetune/sync-from-manifests.sh"
+    assert (CHART / "files" / "crds" / "quranfinetunes.quranft.io.yaml").read_bytes() == source, sync
+    assert (CHART / "files" / "rbac" / "operator.yaml").read_bytes() == \
+        (MANIFESTS / "rbac" / "operator.yaml").read_bytes(), sync
     crd = one(render(helm), "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["spec"] == docs(source.decode())[0]["spec"]
@@ -60,23 +62,33 @@ def _operator_env(helm, *sets: str) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
+def _unknown_settings(env: dict[str, str]) -> list[str]:
+    from quranft.operator.settings import ENV_PREFIX, OperatorSettings
+
+    return sorted(k for k in env if k.startswith(ENV_PREFIX)
+                  and k[len(ENV_PREFIX):].lower() not in OperatorSettings.model_fields)
+
+
 def test_values_reach_the_operator_settings(helm):
     """Every QURANFT_OPERATOR_* variable the chart sets is a real settings field and parses."""
-    from quranft.operator.settings import ENV_PREFIX, OperatorSettings, settings_from_env
+    from quranft.operator.settings import ENV_PREFIX, settings_from_env
 
     env = _operator_env(helm, "operator.budget.maxConcurrentTrainings=2", "operator.budget.maxGpusPerNamespace=4",
-                        "image.tag=9.9.9", "operator.metricsPort=9090",
-                        "workloads.gpu.nodeSelector.gpu-type=h100",
-                        "workloads.gpu.tolerations[0].key=dedicated",
-                        "workloads.gpu.tolerations[0].operator=Exists")
-    ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    unknown = sorted(k for k in ours if k[len(ENV_PREFIX):].lower() not in OperatorSettings.model_fields)
-    assert not unknown, f"chart sets variables the operator ignores: {unknown}"
-    settings = settings_from_env(ours)
+                        "image.tag=9.9.9", "operator.metricsPort=9090", "operator.progressIntervalSeconds=7")
+    assert not _unknown_settings(env)
+    settings = settings_from_env({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
     assert settings.max_concurrent_trainings == 2 and settings.max_gpus_per_namespace == 4
-    assert settings.metrics_port == 9090
+    assert settings.metrics_port == 9090 and settings.progress_interval == 7
     assert settings.gpu_image == "ghcr.io/quran-finetune/trainer:9.9.9"
     assert settings.cpu_image == "ghcr.io/quran-finetune/trainer-cpu:9.9.9"
+
+
+def test_gpu_placement_defaults_reach_the_operator_settings(helm):
+    """workloads.gpu.nodeSelector / tolerations need matching operator settings (gpu_node_selector,
+    gpu_tolerations) that the training Job builder applies when a run asks for GPUs."""
+    env = _operator_env(helm, "workloads.gpu.nodeSelector.gpu-type=h100", "workloads.gpu.tolerations[0].key=dedicated",
+                        "workloads.gpu.tolerations[0].operator=Exists")
+    assert not _unknown_settings(env), "chart sets variables the operator ignores"
 
 
 def test_names_are_truncated_to_63_characters(helm):
@@ -105,7 +117,7 @@ def test_prometheus_rule_carries_the_rule_file_and_extra_alert_labels(helm):
 
 
 def test_service_monitor_needs_the_service(helm):
-    out = helm("template", "qft", str(CHART), "--set", "metrics.serviceMonitor.enabled=true",
+    out = helm("template", "qft", str(CHART), "--kube-version", KUBE_VERSION, "--set", "metrics.serviceMonitor.enabled=true",
                "--set", "metrics.service.enabled=false", check=False)
     assert out.returncode != 0 and "needs metrics.service.enabled" in out.stderr
 
