@@ -7,6 +7,8 @@ dropped validation entirely).
 """
 from __future__ import annotations
 
+import types
+
 import torch
 
 
@@ -55,6 +57,11 @@ def enable_ctc_only(model) -> None:
         return
     cls = _CLASSES.setdefault(base, type(f"CtcOnly{base.__name__}", (CtcOnlySteps, base), {}))
     model.__class__ = cls
+    # ModelPT.__init__ stores a wrapped *bound* training_step on the instance, which would shadow the class
+    # swap and keep running the RNNT loss: re-wrap ours the same way.
+    from nemo.utils.model_utils import wrap_training_step
+
+    model.training_step = wrap_training_step(types.MethodType(CtcOnlySteps.training_step, model))
     # The epoch-end aggregation only adds `val_wer_ctc` when the CTC weight is positive.
     model.ctc_loss_weight = 1.0
     model.change_decoding_strategy(decoder_type="ctc", verbose=False)

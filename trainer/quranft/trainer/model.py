@@ -63,7 +63,12 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def manifest_paths(data_dir: Path) -> tuple[Path, Path]:
+    from quranft.trainer.prepare import is_complete
+
     train, val = data_dir / TRAIN_MANIFEST, data_dir / VAL_MANIFEST
+    if not is_complete(data_dir):  # a half-written or foreign directory is never trained on
+        raise DataError(f"{data_dir} holds no complete prepared data; run `quranft trainer prepare` with the "
+                        "same data config first")
     for path in (train, val):
         if not path.is_file() or path.stat().st_size == 0:
             raise DataError(f"{path} is missing or empty; run `quranft trainer prepare` with the same data "
