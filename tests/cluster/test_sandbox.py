@@ -13,7 +13,7 @@ from quranft.cluster.podworker import SANDBOX
 def run_sandbox(tmp_path: Path, mounts: list[dict], script: str) -> subprocess.CompletedProcess:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"mounts": mounts, "env": {"PATH": "/usr/bin:/bin"}, "workingDir": mounts[0]["target"],
-                                "argv": ["sh", "-c", script]}))
+                                "argv": ["sh", "-c", script], "devStage": str(tmp_path / "dev-stage")}))
     return subprocess.run([sys.executable, "-I", "-S", SANDBOX, str(spec)], capture_output=True, text=True,
                           timeout=30)
 
@@ -25,18 +25,20 @@ def test_binds_are_private_and_read_only_is_enforced(tmp_path: Path):
     term = tmp_path / "term"
     term.write_text("")
     target = f"/tmp/quranft-sandbox-{uuid.uuid4().hex[:8]}"
+    term_target = f"/dev/quranft-term-{uuid.uuid4().hex[:8]}"
     ro_target = target + "-ro"
     result = run_sandbox(tmp_path, [
         {"source": str(data), "target": target, "readOnly": False},
         {"source": str(data), "target": ro_target, "readOnly": True},
-        {"source": str(term), "target": "/dev/termination-log", "readOnly": False},
-    ], f"cat in.txt; echo; echo out > out.txt; echo done > /dev/termination-log; "
+        {"source": str(term), "target": term_target, "readOnly": False},
+    ], f"cat in.txt; echo; echo out > out.txt; echo done > {term_target}; echo x > /dev/null; "
        f"touch {ro_target}/x 2>/dev/null && echo writable || echo readonly")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["hello", "readonly"]
     assert (data / "out.txt").read_text() == "out\n"  # written through the bind mount
     assert term.read_text() == "done\n"
     assert list(Path(target).iterdir()) == []  # on the host the mount point stays empty
+    assert not Path(term_target).exists()  # /dev is private: nothing is created in the host's /dev
     Path(target).rmdir()
     Path(ro_target).rmdir()
 

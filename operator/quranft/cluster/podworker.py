@@ -254,7 +254,8 @@ class PodWorker(threading.Thread):
         mounts.append(volumes.Mount(str(term_file), spec.get("terminationMessagePath") or "/dev/termination-log"))
         spec_file = self.dir / "run" / f"{run_id}.json"
         spec_file.write_text(json.dumps({"mounts": [m.to_json() for m in mounts], "env": env, "argv": argv,
-                                         "workingDir": spec.get("workingDir") or ""}))
+                                         "workingDir": spec.get("workingDir") or "",
+                                         "devStage": str(self.dir / "run" / f"{run_id}-dev")}))
         with open(log_path, "ab") as out:
             popen = subprocess.Popen([sys.executable, "-I", "-S", SANDBOX, str(spec_file)], stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={},

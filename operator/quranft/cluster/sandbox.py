@@ -2,8 +2,9 @@
 the pod's volumes at the paths the spec names, then execs the container's command.
 
 Stdlib only and run by path (not imported), so it starts in milliseconds and never sees the agent's
-modules. Needs root (CAP_SYS_ADMIN), which CI has. Mount points that do not exist are created on the
-host as empty files/directories; what is mounted on them is visible only inside the namespace.
+modules. Needs root (CAP_SYS_ADMIN), which CI has. Missing mount points outside /dev are created on the
+host as empty directories/files (e.g. /workspace); what is mounted on them is visible only inside the
+namespace. /dev gets a private copy (see private_dev) so nothing is created there.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
@@ -36,6 +38,26 @@ def enter_namespace() -> None:
     _mount(None, "/", MS_REC | MS_PRIVATE)
 
 
+def private_dev(stage: str) -> None:
+    """Give the namespace its own /dev: a tmpfs holding binds of every host /dev entry (devices, pts,
+    shm, GPUs). Mount points created there (e.g. /dev/termination-log) never appear on the host, where
+    a file at that path would change what host processes see."""
+    os.makedirs(stage, exist_ok=True)
+    _mount("/dev", stage, MS_BIND | MS_REC)
+    _check(_libc.mount(b"tmpfs", b"/dev", b"tmpfs", 0, b"mode=755"), "mount tmpfs on /dev")
+    for entry in os.scandir(stage):
+        src, dst = entry.path, "/dev/" + entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        elif entry.is_dir(follow_symlinks=False):
+            os.mkdir(dst)
+            _mount(src, dst, MS_BIND | MS_REC)
+        else:
+            open(dst, "w").close()
+            _mount(src, dst, MS_BIND)
+    _libc.umount2(stage.encode(), MNT_DETACH)
+
+
 def bind(source: str, target: str, read_only: bool) -> None:
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
@@ -52,6 +74,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(open(argv[1]).read())
     try:
         enter_namespace()
+        if spec.get("devStage") and any(m["target"].startswith("/dev/") for m in spec["mounts"]):
+            private_dev(spec["devStage"])
         # Parents before children, so a mount inside another mount's path lands on top of it.
         for m in sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/")):
             bind(m["source"], m["target"], m["readOnly"])
