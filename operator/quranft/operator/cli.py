@@ -47,6 +47,9 @@ def main(argv: list[str]) -> int:
         stage_commands=commands or None)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # kopf logs every timer pass per resource at INFO; transitions are Kubernetes Events already.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
