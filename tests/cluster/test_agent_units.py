@@ -121,3 +121,16 @@ def test_provisioner_builds_prebound_volume(tmp_path: Path):
     assert pv["spec"]["hostPath"]["path"] == str(tmp_path / "pvc-abc")
     assert pv["spec"]["capacity"] == {"storage": "2Gi"}
     assert not wants_volume({**pvc, "spec": {**pvc["spec"], "storageClassName": "other"}})
+
+
+def test_gpu_allocator_assigns_distinct_devices_and_releases():
+    from quranft.cluster.gpus import GpuAllocator, requested
+
+    alloc = GpuAllocator({"n0": 2})
+    assert alloc.allocate("pod-a/main", "n0", 1) == [0]
+    assert alloc.allocate("pod-a/main", "n0", 1) == [0]  # a restart keeps its device
+    assert alloc.allocate("pod-b/main", "n0", 1) == [1]
+    alloc.release_prefix("pod-a/")
+    assert alloc.allocate("pod-c/main", "n0", 1) == [0]
+    assert requested({"resources": {"limits": {"nvidia.com/gpu": "2"}}}) == 2
+    assert requested({"name": "cpu-only"}) == 0

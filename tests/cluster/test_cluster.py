@@ -125,7 +125,8 @@ def test_resource_quota_on_gpus_holds_back_second_job(cluster, namespace, batch,
     batch.create_namespaced_job(namespace, job_body("first", hold, gpus=1))
     wait_for(lambda: [p for p in core.list_namespaced_pod(namespace, label_selector="job-name=first").items
                       if p.status.phase == "Running"], what="first GPU pod Running")
-    batch.create_namespaced_job(namespace, job_body("second", "print('second')", gpus=1))
+    batch.create_namespaced_job(namespace, job_body(
+        "second", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])", gpus=1))
 
     def failed_create():
         events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=second").items
@@ -137,6 +138,9 @@ def test_resource_quota_on_gpus_holds_back_second_job(cluster, namespace, batch,
     wait_for(lambda: job_condition(batch, namespace, "first", "Complete"), what="first Job Complete")
     # The Job controller retries with back-off once quota is free again.
     wait_for(lambda: job_condition(batch, namespace, "second", "Complete"), timeout=120, what="second Job Complete")
+    # Like the NVIDIA device plugin, the agent hands the GPU pod one device index of its node.
+    assert cluster.kubectl("logs", "-n", namespace, "job/second").stdout.strip() in {
+        str(i) for i in range(max(n.gpus for n in cluster.nodes))}
 
 
 def test_gpu_pod_beyond_node_capacity_stays_pending(cluster, namespace, core):

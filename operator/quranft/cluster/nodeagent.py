@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .gpus import GpuAllocator
 from .images import write_shim
 from .kube import Kube, path_for
 from .logserver import LogServer
@@ -65,6 +66,7 @@ class NodeAgent:
         self.api_host_port = (host.hostname or "127.0.0.1", host.port or 443)
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self.capacity = nodes[0].capacity() if nodes else {}
+        self.gpus = GpuAllocator({n.name: n.gpus for n in nodes})
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

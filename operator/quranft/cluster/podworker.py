@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import images, volumes
 from .envvars import ContainerConfigError, command_line, container_env
+from .gpus import requested
 from .podstatus import (ContainerRecord, now, pod_phase, pod_status, terminated_state,
                         termination_message)
 from .procs import Proc
@@ -127,6 +128,7 @@ class PodWorker(threading.Thread):
         for rec in self.main:
             self._start(rec)
         self._supervise()
+        self.agent.gpus.release_prefix(f"{self.uid}/")  # a finished pod no longer counts for the scheduler
         self._idle_until_deleted()
 
     def _idle_until_deleted(self) -> None:
@@ -237,6 +239,11 @@ class PodWorker(threading.Thread):
         runtime = self.runtimes[rec.name]
         try:
             base = {**runtime.base_env(), **self._service_env()}
+            gpus = requested(spec)
+            if gpus:
+                devices = ",".join(map(str, self.agent.gpus.allocate(
+                    f"{self.uid}/{rec.name}", self.pod["spec"].get("nodeName", ""), gpus)))
+                base.update({"CUDA_VISIBLE_DEVICES": devices, "NVIDIA_VISIBLE_DEVICES": devices})
             env = container_env(self.pod, spec, base, self.agent.lookup.get, self.agent.capacity)
             argv = command_line(spec, env)
         except ContainerConfigError as err:
@@ -312,6 +319,7 @@ class PodWorker(threading.Thread):
             if not self.gone:
                 self._push()
         volumes.release(self.dir)
+        self.agent.gpus.release_prefix(f"{self.uid}/")
         if self.delete_requested.is_set() and not self.gone:
             # Confirm the deletion, as the kubelet does once the containers are gone.
             self.agent.kube.delete(f"/api/v1/namespaces/{self.ns}/pods/{self.name}",
