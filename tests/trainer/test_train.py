@@ -1,0 +1,210 @@
+"""Training the tiny model on the synthetic set: ctcOnly and hybrid, outputs, metrics, resume and SIGTERM."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fixtures_model import (cli_command, prepared_workspace, start_cli, synth_112, wait_for,  # noqa: F401
+                            write_config, run_config)
+from quranft.trainer.checkpoints import latest_checkpoint, list_checkpoints
+from quranft.trainer.config import RunConfig
+
+LOSS_LINE = re.compile(r'^quranft_train_loss\{kind="total",namespace="tests",run="([^"]+)"\} (\S+)$', re.M)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ctc_transcripts(model, paths: list[str]) -> list[str]:
+    model.change_decoding_strategy(decoder_type="ctc", verbose=False)
+    hyps = model.transcribe(paths, batch_size=4, verbose=False)
+    return [h if isinstance(h, str) else h.text for h in hyps]
+
+
+class Scraper(threading.Thread):
+    """Scrapes /metrics over HTTP while training runs in this process."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.losses: list[float] = []
+        self.pages: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                page = urllib.request.urlopen(self.url, timeout=2).read().decode()
+            except OSError:
+                page = ""
+            if m := LOSS_LINE.search(page):
+                self.pages.append(page)
+                if not self.losses or self.losses[-1] != float(m.group(2)):
+                    self.losses.append(float(m.group(2)))
+            self.done.wait(0.3)
+
+
+@pytest.fixture(scope="module")
+def ctc_run(prepared_workspace, synth_112):
+    """One in-process ctcOnly run (30 steps), scraped over HTTP; the RNNT loss and joint must never run."""
+    from nemo.collections.asr.losses.rnnt import RNNTLoss
+    from nemo.collections.asr.modules import RNNTJoint
+
+    from quranft.trainer.train import train
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("ctcOnly must not call the RNNT loss or joint")
+
+    port = free_port()
+    doc = run_config(prepared_workspace, synth_112 / "dataset", "ctc", maxSteps=30)
+    doc["metrics"]["port"] = port
+    cfg = RunConfig.model_validate(doc)
+    scraper = Scraper(port)
+    scraper.start()
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RNNTLoss, "forward", forbidden)
+        mp.setattr(RNNTJoint, "forward", forbidden)
+        summary = train(cfg, log=lines.append)
+    scraper.done.set()
+    scraper.join()
+    return cfg, summary, scraper, lines
+
+
+def test_ctc_only_trains_and_writes_the_contract_outputs(ctc_run):
+    cfg, summary, _, _ = ctc_run
+    run_dir = cfg.run_dir
+    assert summary["ok"] and summary["stage"] == "train" and summary["step"] == 30
+    assert summary["resumedFromStep"] is None
+    assert Path(summary["modelPath"]) == run_dir / "model.nemo"
+    assert summary["sizeBytes"] == (run_dir / "model.nemo").stat().st_size
+    assert re.fullmatch(r"[0-9a-f]{64}", summary["sha256"])
+    assert 0 <= summary["valWer"] <= 10 and summary["finalLoss"] > 0
+    meta = json.loads((run_dir / "training_metadata.json").read_text())
+    assert meta["config"]["training"]["mode"] == "ctcOnly"
+    assert meta["parameters"]["trainable"] < meta["parameters"]["total"]  # RNNT decoder frozen by default
+    assert meta["data"]["trainSamples"] == 8 and meta["data"]["valSamples"] == 4
+    assert meta["data"]["stats"]["train"]["samples"] == 8
+    assert set(meta["finalLosses"]) == {"total", "ctc"}  # no RNNT loss in ctcOnly
+    assert meta["versions"]["torch"] and meta["versions"]["nemo_toolkit"] and meta["wallTimeSeconds"] > 0
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["step"] == 30 and progress["maxSteps"] == 30
+    assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")] == [20, 30]  # keeps the newest two
+
+
+def test_validation_reports_ctc_wer_in_ctc_only_mode(ctc_run):
+    cfg, summary, scraper, _ = ctc_run
+    assert summary["valWer"] is not None
+    assert any('quranft_val_wer{namespace="tests",run="ctc"}' in page for page in scraper.pages)
+
+
+def test_prometheus_endpoint_shows_a_falling_loss(ctc_run):
+    _, _, scraper, _ = ctc_run
+    page = scraper.pages[-1]
+    for name in ("quranft_learning_rate", "quranft_global_step", "quranft_max_steps", "quranft_samples_per_second",
+                 "quranft_epoch", 'quranft_train_loss{kind="ctc"'):
+        assert name in page
+    losses = scraper.losses
+    assert len(losses) >= 4, losses
+    assert max(losses[-3:]) < min(losses[:2]), losses
+
+
+def test_model_nemo_restores_and_transcribes(ctc_run, synth_112):
+    from nemo.collections.asr.models import ASRModel, EncDecHybridRNNTCTCBPEModel
+
+    cfg, *_ = ctc_run
+    model = ASRModel.restore_from(str(cfg.run_dir / "model.nemo"), map_location="cpu")
+    assert type(model) is EncDecHybridRNNTCTCBPEModel  # the ctcOnly mixin is not baked into the file
+    wavs = sorted(str(p) for p in (synth_112 / "benchmark").glob("*.wav"))[:3]
+    texts = ctc_transcripts(model, wavs)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_hybrid_mode_uses_rnnt_and_ctc_losses(prepared_workspace, synth_112):
+    from quranft.trainer.train import train
+
+    doc = run_config(prepared_workspace, synth_112 / "dataset", "hybrid", mode="hybrid", maxSteps=4,
+                     valCheckInterval=4, ctcWeight=0.3, freeze={"encoderLayers": 1, "rnntDecoder": False})
+    cfg = RunConfig.model_validate(doc)
+    summary = train(cfg, log=lambda _: None)
+    assert summary["ok"] and summary["step"] == 4 and summary["valWer"] is not None
+    meta = json.loads((cfg.run_dir / "training_metadata.json").read_text())
+    assert set(meta["finalLosses"]) == {"total", "ctc", "rnnt"}
+    assert meta["config"]["training"]["ctcWeight"] == 0.3
+
+
+def test_latest_checkpoint_skips_temp_and_damaged_files(tmp_path):
+    import torch
+
+    good = tmp_path / "step-00000010.ckpt"
+    torch.save({"global_step": 10}, good)
+    (tmp_path / ".step-00000020.ckpt.tmp-123").write_bytes(b"half written")
+    (tmp_path / "step-00000030.ckpt").write_bytes(good.read_bytes()[:100])  # truncated after a rename
+    assert latest_checkpoint(tmp_path) == (10, good)
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def _progress_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_resume_after_sigkill_continues_from_the_saved_step(prepared_workspace, synth_112, tmp_path):
+    doc = run_config(prepared_workspace, synth_112 / "dataset", "killed", maxSteps=40, checkpointEveryNSteps=5,
+                     valCheckInterval=100)
+    config = write_config(tmp_path / "cfg.json", doc)
+    cfg = RunConfig.model_validate(doc)
+    ckpts = cfg.run_dir / "checkpoints"
+    proc = start_cli("train", "--config", str(config), log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: any(s >= 10 for s, _ in list_checkpoints(ckpts)), 600, proc, "a step-10 checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = latest_checkpoint(ckpts)[0]
+    assert 10 <= saved < 40 and not (cfg.run_dir / "model.nemo").exists()
+
+    term = tmp_path / "term.json"
+    proc = start_cli("train", "--config", str(config), "--termination-log", str(term), log=tmp_path / "second.log")
+    assert proc.wait(600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    summary = json.loads(term.read_text())
+    assert summary["resumedFromStep"] >= saved and summary["step"] == 40
+    log = (tmp_path / "second.log").read_text()
+    first_step = int(re.search(r'QURANFT_PROGRESS \{"step":(\d+)', log).group(1))
+    assert first_step > saved  # no step before the checkpoint was trained again
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(prepared_workspace, synth_112, tmp_path):
+    doc = run_config(prepared_workspace, synth_112 / "dataset", "preempted", maxSteps=5000,
+                     checkpointEveryNSteps=1000, valCheckInterval=1000)
+    config = write_config(tmp_path / "cfg.json", doc)
+    run_dir = RunConfig.model_validate(doc).run_dir
+    term = tmp_path / "term.json"
+    proc = start_cli("train", "--config", str(config), "--termination-log", str(term), log=tmp_path / "train.log")
+    try:
+        wait_for(lambda: _progress_step(run_dir) >= 3, 600, proc, "training progress")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 143, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    step, _ = latest_checkpoint(run_dir / "checkpoints")
+    assert step >= 3  # nothing was due before step 1000: this one was written on SIGTERM
+    summary = json.loads(term.read_text())
+    assert summary["ok"] is False and summary["reason"] == "Preempted" and summary["stage"] == "train"
+    assert not (run_dir / "model.nemo").exists()
