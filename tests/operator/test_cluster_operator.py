@@ -242,3 +242,29 @@ def test_operator_budget_caps_concurrent_trainings_fifo(env):
     # Siblings on the same claim with the same data spec reuse the first run's prepared data.
     reused = [n for n in names if condition(env.get(n), "DataReady")["reason"] == "ReusedFromSibling"]
     assert len(env.jobs(stage="prepare")) + len(reused) == len(names)
+
+
+def test_suspend_resume_and_cleanup_after_ttl(env):
+    env.claim()
+    env.start_operator()
+    env.create(resource("pausable", commands=stub_commands(train_seconds=20), ttlSecondsAfterFinished=0,
+                        cleanup={"onSuccess": "DeleteJobs"}))
+    env.wait(lambda: [p for p in env.pods("pausable") if p.metadata.labels["quranft.io/stage"] == "train"
+                      and p.status.phase == "Running"], 90, "a running training pod")
+    env.custom.patch_namespaced_custom_object("quranft.io", "v1alpha1", env.ns, "quranfinetunes", "pausable",
+                                              {"spec": {"suspend": True}})
+    obj = env.wait_phase("pausable", "Suspended", 30)
+    assert condition(obj, "Suspended")["status"] == "True"
+    env.wait(lambda: env.batch.read_namespaced_job("pausable-train", env.ns).spec.suspend, 30, "Job suspended")
+    env.wait(lambda: not [p for p in env.pods("pausable") if p.metadata.labels["quranft.io/stage"] == "train"
+                          and p.status.phase in ("Pending", "Running")], 60, "training pod stopped")
+    env.custom.patch_namespaced_custom_object("quranft.io", "v1alpha1", env.ns, "quranfinetunes", "pausable",
+                                              {"spec": {"suspend": False}})
+    obj = env.wait_phase("pausable", ("Succeeded", "Failed"), 120)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert len(env.jobs("pausable", "train")) <= 1
+    # ttlSecondsAfterFinished=0 + onSuccess DeleteJobs: the Jobs go, the status (and the claim) stay.
+    env.wait(lambda: env.get("pausable")["status"].get("cleanedUp"), 30, "cleanup applied")
+    env.wait(lambda: not env.jobs("pausable"), 30, "Jobs deleted")
+    assert env.get("pausable")["status"]["verdict"] == "improvement"
+    assert [c.metadata.name for c in env.core.list_namespaced_persistent_volume_claim(env.ns).items] == ["ws"]
