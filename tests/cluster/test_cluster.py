@@ -238,3 +238,21 @@ def test_unknown_image_reports_err_image_pull(namespace, core):
 
     assert "busybox:1.36" in wait_for(waiting, what="ErrImagePull")[0].message
     assert pod_phase(core, namespace, "alien") == "Pending"
+
+
+def test_pod_reaches_api_server_with_in_cluster_config(namespace, core):
+    """What an operator Deployment does: service env + projected service-account token and CA."""
+    script = "\n".join([
+        "from kubernetes import client, config",
+        "from kubernetes.client.exceptions import ApiException",
+        "config.load_incluster_config()",
+        "try:",
+        "    client.CoreV1Api().list_namespaced_pod(open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read())",
+        "except ApiException as err:",
+        "    print(err.status, err.body)",
+    ])
+    core.create_namespaced_pod(namespace, pod_body("incluster", script))
+    wait_for(lambda: pod_phase(core, namespace, "incluster") in ("Succeeded", "Failed"), what="pod finished")
+    log = core.read_namespaced_pod_log("incluster", namespace)
+    # Authenticated as the pod's service account (TLS verified against the CA), then denied by RBAC.
+    assert log.startswith("403 ") and f"system:serviceaccount:{namespace}:default" in log, log
