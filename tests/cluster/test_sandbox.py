@@ -27,6 +27,15 @@ def test_binds_are_private_and_read_only_is_enforced(tmp_path: Path):
     target = f"/tmp/quranft-sandbox-{uuid.uuid4().hex[:8]}"
     term_target = f"/dev/quranft-term-{uuid.uuid4().hex[:8]}"
     ro_target = target + "-ro"
+    try:
+        check_binds(tmp_path, data, term, target, ro_target, term_target)
+    finally:
+        for path in (target, ro_target):
+            if Path(path).is_dir():
+                Path(path).rmdir()
+
+
+def check_binds(tmp_path, data, term, target, ro_target, term_target):
     result = run_sandbox(tmp_path, [
         {"source": str(data), "target": target, "readOnly": False},
         {"source": str(data), "target": ro_target, "readOnly": True},
@@ -39,8 +48,6 @@ def test_binds_are_private_and_read_only_is_enforced(tmp_path: Path):
     assert term.read_text() == "done\n"
     assert list(Path(target).iterdir()) == []  # on the host the mount point stays empty
     assert not Path(term_target).exists()  # /dev is private: nothing is created in the host's /dev
-    Path(target).rmdir()
-    Path(ro_target).rmdir()
 
 
 def test_missing_command_exits_127(tmp_path: Path):
