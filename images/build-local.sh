@@ -64,9 +64,10 @@ for image in $IMAGES; do
   esac
 done
 
+# Stricter than the operator's pods (read-only root, no network); HOME=/tmp as the operator sets it.
 podman_run() {
   podman "${PODMAN_RUN_FLAGS[@]}" run --rm "${ULIMITS[@]}" --user 1000:1000 --read-only --tmpfs /tmp \
-    --network none "$@"
+    --env HOME=/tmp --network none "$@"
 }
 if [[ " $IMAGES " == *" operator "* ]]; then
   say "operator image: quranft operator --help as uid 65532"
