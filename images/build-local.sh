@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${TAG:-0.1.0}
-SUITE=${SUITE:-bookworm}
+# trixie: its python3 (3.13) has tarfile's extraction filters, which NeMo 3 needs; bookworm's 3.11.2 lacks them.
+SUITE=${SUITE:-trixie}
 WORK=${WORK:-/var/tmp/quranft-images}
 BASE=localhost/quranft-base:${SUITE}
 # Flags that make podman work in this kind of sandbox: runc (crun lacks the needed cgroup support here),
