@@ -67,13 +67,14 @@ class StepCheckpoint(Callback):
         self.every_n_steps = every_n_steps
         self._log = log
         self.last_saved_step: int | None = None
+        self.last_path: Path | None = None
         self.preempted = False
 
     def _save(self, trainer) -> None:
         if trainer.global_step == self.last_saved_step or trainer.global_step == 0:
             return
         path = save_atomic(trainer, self.ckpt_dir)
-        self.last_saved_step = trainer.global_step
+        self.last_saved_step, self.last_path = trainer.global_step, path
         self._log(f"checkpoint: {path}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

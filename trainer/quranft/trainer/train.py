@@ -140,7 +140,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
         try:
             trainer.fit(model, ckpt_path=str(resume[1]) if resume else None)
         except SIGTERMException:
-            raise Preempted(trainer.global_step, ckpt_dir if checkpoint.preempted else None) from None
+            raise Preempted(trainer.global_step, checkpoint.last_path) from None
         # Final CTC WER on the validation set, so the summary describes the exported weights.
         trainer.validate(model, verbose=False)
     finally:
