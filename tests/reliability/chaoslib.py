@@ -98,6 +98,12 @@ class Tracker:
             end = min((t for p, t in self.first_seen[name].items() if p in TERMINAL), default=None)
             return None if end is None or name not in self.created else end - self.created[name]
 
+    def kills_during(self, name: str, kill_times: list[float]) -> int:
+        with self.lock:
+            start = self.created.get(name, float("inf"))
+            end = min((t for p, t in self.first_seen[name].items() if p in TERMINAL), default=float("inf"))
+        return sum(1 for t in kill_times if start <= t <= end)
+
     def jobs_per_stage(self, names) -> dict[str, Counter]:
         """run -> Counter(Jobs per (stage, generation)); every value must be 1."""
         with self.lock:
@@ -119,6 +125,8 @@ class ChaosReport:
     jobs: dict[str, Counter]
     kill_phases: Counter = field(default_factory=Counter)
     restart_seconds: list[float] = field(default_factory=list)
+    kills_during: dict[str, int] = field(default_factory=dict)  # run -> kills while it was unfinished
+    overrun_per_kill_limit: float = 30.0
 
     @property
     def duplicates(self) -> dict[str, dict]:
@@ -137,6 +145,16 @@ class ChaosReport:
     def max_overrun(self) -> float:
         return max((d - self.reference_seconds for d in self.durations.values() if d is not None), default=float("nan"))
 
+    @property
+    def over_budget(self) -> dict[str, str]:
+        """Runs that took longer than the normal time + limit for each kill they lived through."""
+        out = {}
+        for run, took in self.durations.items():
+            kills = max(1, self.kills_during.get(run, 0))
+            if took is None or took - self.reference_seconds > self.overrun_per_kill_limit * kills:
+                out[run] = f"{took and took - self.reference_seconds:.1f} s over with {kills} kill(s)"
+        return out
+
     def summary(self) -> str:
         ok = sum(1 for v in self.verdicts.values() if v == "Succeeded")
         per_stage = Counter()
@@ -154,7 +172,10 @@ class ChaosReport:
             f"  Jobs per stage per generation: {stage_text}; duplicates: {self.duplicates or 'none'}",
             f"  verdicts: {ok}/{len(self.runs)} Succeeded",
             f"  normal run time {self.reference_seconds:.1f} s; max overrun {self.max_overrun:.1f} s "
-            f"(slowest run {max((d for d in self.durations.values() if d), default=0):.1f} s)",
+            f"(slowest run {max((d for d in self.durations.values() if d), default=0):.1f} s); kills lived through "
+            f"per run: {dict(sorted(Counter(self.kills_during.values()).items()))}; max overrun per kill "
+            f"{max(((d - self.reference_seconds) / max(1, self.kills_during.get(r, 0)) for r, d in self.durations.items() if d), default=float('nan')):.1f} s; "
+            f"runs over {self.overrun_per_kill_limit:.0f} s per kill: {self.over_budget or 'none'}",
             f"  operator restart to first status write: median "
             f"{restarts[len(restarts) // 2] if restarts else float('nan'):.1f} s, max {max(restarts, default=float('nan')):.1f} s",
         ])
@@ -213,7 +234,8 @@ def run_chaos(env: Env, tracker: Tracker, *, seed: int, kills: int, max_in_fligh
                        verdicts={r: tracker.phases().get(r) for r in runs},
                        durations={r: tracker.duration(r) for r in runs},
                        jobs=tracker.jobs_per_stage(runs), kill_phases=kill_phases,
-                       restart_seconds=restart_latencies(restart_times, kill_times, tracker.changes()))
+                       restart_seconds=restart_latencies(restart_times, kill_times, tracker.changes()),
+                       kills_during={r: tracker.kills_during(r, kill_times) for r in runs})
 
 
 def restart_latencies(restarts: list[float], kills: list[float], changes: list[float]) -> list[float]:
