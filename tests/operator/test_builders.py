@@ -173,3 +173,23 @@ def test_benchmark_flags_are_accepted_by_the_benchmark_cli():
     cmd = _job("benchmark")["spec"]["template"]["spec"]["containers"][0]["command"]
     args = bench_cli.build_parser().parse_args(cmd[2:])
     assert args.out == "/workspace/runs/v3/benchmark" and args.tolerance == 1.0 and args.target_size_mb == 200
+
+
+def test_operator_gpu_placement_applies_to_gpu_pods_only_and_the_run_wins():
+    settings = OperatorSettings(gpu_node_selector={"gpu-type": "h100", "pool": "ml"},
+                                gpu_tolerations=[{"key": "dedicated", "operator": "Exists"}])
+    gpu = body(spec_overrides={"resources": {"gpus": 1, "nodeSelector": {"pool": "research"}}})
+    pod = builders.build_job("train", gpu["spec"], gpu["metadata"], settings)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu-type": "h100", "pool": "research"}
+    assert {"key": "dedicated", "operator": "Exists"} in pod["tolerations"]
+    cpu = body(spec_overrides={"resources": {"gpus": 0}})
+    pod = builders.build_job("train", cpu["spec"], cpu["metadata"], settings)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+def test_gpu_placement_settings_parse_from_the_environment():
+    from quranft.operator.settings import settings_from_env
+
+    s = settings_from_env({"QURANFT_OPERATOR_GPU_NODE_SELECTOR": '{"gpu-type": "h100"}',
+                           "QURANFT_OPERATOR_GPU_TOLERATIONS": '[{"key": "dedicated", "operator": "Exists"}]'})
+    assert s.gpu_node_selector == {"gpu-type": "h100"} and s.gpu_tolerations[0]["key"] == "dedicated"

@@ -254,8 +254,12 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     tolerations = copy.deepcopy(list(res.get("tolerations") or []))
+    node_selector = dict(res.get("nodeSelector") or {})
     if gpus:
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        # Operator-wide GPU placement; the run's own nodeSelector wins on a shared key.
+        tolerations += [t for t in copy.deepcopy(settings.gpu_tolerations) if t not in tolerations]
+        node_selector = {**settings.gpu_node_selector, **node_selector}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -271,8 +275,8 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
     }
     if tolerations:
         pod["tolerations"] = tolerations
-    if res.get("nodeSelector"):
-        pod["nodeSelector"] = dict(res["nodeSelector"])
+    if node_selector:
+        pod["nodeSelector"] = node_selector
     if res.get("priorityClassName"):
         pod["priorityClassName"] = res["priorityClassName"]
     return pod

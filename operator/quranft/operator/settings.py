@@ -29,6 +29,9 @@ class OperatorSettings(BaseModel):
     progress_interval: float = Field(10.0, gt=0, description="Seconds between reads of the training pod's log.")
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus port of the operator (0: off).")
     termination_grace_seconds: int = Field(300, ge=1, description="Grace for a training pod to finish a step and checkpoint.")
+    # Cluster-wide placement of GPU training pods (Helm `workloads.gpu`), merged under each run's own.
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels GPU pods must match.")
+    gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Extra tolerations of GPU pods.")
     # Tests only: per-resource command overrides through annotations (see builders.COMMAND_ANNOTATION).
     allow_command_overrides: bool = False
     # Per-stage command overrides for every resource, e.g. {"train": ["python", "-c", "..."]}.
