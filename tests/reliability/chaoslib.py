@@ -183,7 +183,7 @@ class ChaosReport:
 
 def chaos_commands() -> dict[str, list[str]]:
     # Long enough stages that kills land inside each of them; short enough for CI.
-    return stub_commands(prepare_seconds=2.0, train_seconds=4.0, bench_seconds=2.0)
+    return stub_commands(prepare_seconds=1.5, train_seconds=3.0, bench_seconds=1.5)
 
 
 def chaos_resource(name: str, index: int) -> dict:

@@ -269,23 +269,39 @@ def _checkov() -> Path:
     return exe
 
 
-def _scan(target: Path) -> tuple[str, int, list[tuple[str, str, str, str]]]:
+@pytest.fixture(scope="module")
+def checkov_failures(rendered_chart, tmp_path_factory) -> dict[str, list[tuple[str, str, str]]]:
+    """One checkov run over the rendered chart, the manifests and every generated stage Job: file -> failures."""
     exe = _checkov()
     version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120).stdout.strip()
+    target = tmp_path_factory.mktemp("checkov")
+    (target / "chart-rendered.yaml").write_text(rendered_chart.read_text())
+    for path in (ROOT / "manifests").rglob("*.yaml"):
+        if path.name != "kustomization.yaml":
+            (target / f"manifests-{path.parent.name}-{path.name}").write_text(path.read_text())
+    (target / "generated-jobs.yaml").write_text(yaml.safe_dump_all(
+        [dict(job, metadata=dict(job["metadata"], name=label.replace("/", "-").replace(" ", "-").replace("+", "-")))
+         for label, job in _jobs()]))
     out = subprocess.run([str(exe), "-d", str(target), "--framework", "kubernetes", "-o", "json", "--compact"],
                          capture_output=True, text=True, timeout=600)
     reports = json.loads(out.stdout or "[]")
     reports = reports if isinstance(reports, list) else [reports]
-    failed = sorted({(f["check_id"], f["check_name"], Path(f["file_path"]).name, f["resource"])
-                     for r in reports for f in (r.get("results") or {}).get("failed_checks", [])})
     passed = sum(len((r.get("results") or {}).get("passed_checks", [])) for r in reports)
-    print(f"\ncheckov {version} on {sorted(p.name for p in target.iterdir())}: {passed} passed, {len(failed)} failed")
-    by_check: dict[tuple[str, str], set[str]] = {}
-    for check_id, name, _, res in failed:
-        by_check.setdefault((check_id, name), set()).add(res.split(".")[0] + "." + res.split(".")[2] if res.count(".") >= 2 else res)
-    for (check_id, name), where in sorted(by_check.items()):
-        print(f"  FAILED {check_id} {name}: {len(where)} objects, e.g. {sorted(where)[:3]}")
-    return version, passed, failed
+    assert passed > 0, out.stderr[-2000:]
+    failures: dict[str, list[tuple[str, str, str]]] = {"generated": [], "shipped": []}
+    for r in reports:
+        for f in (r.get("results") or {}).get("failed_checks", []):
+            group = "generated" if Path(f["file_path"]).name == "generated-jobs.yaml" else "shipped"
+            failures[group].append((f["check_id"], f["check_name"], f["resource"]))
+    print(f"\ncheckov {version}: {passed} passed; failed: "
+          f"{ {g: len(v) for g, v in failures.items()} }")
+    for group, found in failures.items():
+        by_check: dict[tuple[str, str], list[str]] = {}
+        for check_id, name, res in found:
+            by_check.setdefault((check_id, name), []).append(res)
+        for (check_id, name), where in sorted(by_check.items()):
+            print(f"  {group} FAILED {check_id} {name}: {len(where)} objects, e.g. {sorted(where)[:2]}")
+    return failures
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -293,16 +309,8 @@ def _scan(target: Path) -> tuple[str, int, list[tuple[str, str, str, str]]]:
     "fails CKV_K8S_9 (no readinessProbe), CKV_K8S_11 (no CPU limit), CKV_K8S_15 (pullPolicy not Always), "
     "CKV_K8S_38 (SA token mounted: needed by the operator, suppression to justify), CKV_K8S_43 (tag, not "
     "digest) and CKV2_K8S_6 (no NetworkPolicy); owned by the chart/manifests, not this suite"))
-def test_checkov_on_the_rendered_chart_and_the_manifests(rendered_chart, tmp_path):
-    target = tmp_path / "scan"
-    target.mkdir()
-    (target / "chart-rendered.yaml").write_text(rendered_chart.read_text())
-    for path in (ROOT / "manifests").rglob("*.yaml"):
-        if path.name != "kustomization.yaml":
-            (target / f"{path.parent.name}-{path.name}").write_text(path.read_text())
-    _, passed, failed = _scan(target)
-    assert passed > 0
-    assert failed == []
+def test_checkov_on_the_rendered_chart_and_the_manifests(checkov_failures):
+    assert checkov_failures["shipped"] == []
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -310,12 +318,5 @@ def test_checkov_on_the_rendered_chart_and_the_manifests(rendered_chart, tmp_pat
     "CKV_K8S_22 (no readOnlyRootFilesystem), CKV_K8S_35 (HF_TOKEN as an env secretKeyRef, not a file), "
     "CKV_K8S_40 (runAsUser 1000, checkov wants >= 10000), CKV_K8S_43 (image tag, not digest) and "
     "CKV2_K8S_6 (no NetworkPolicy selects the workload pods)"))
-def test_checkov_on_every_generated_stage_job(tmp_path):
-    target = tmp_path / "scan"
-    target.mkdir()
-    (target / "generated-jobs.yaml").write_text(yaml.safe_dump_all(
-        [dict(job, metadata=dict(job["metadata"], name=f"{label.replace('/', '-').replace(' ', '-').replace('+', '-')}"))
-         for label, job in _jobs()]))
-    _, passed, failed = _scan(target)
-    assert passed > 0
-    assert failed == []
+def test_checkov_on_every_generated_stage_job(checkov_failures):
+    assert checkov_failures["generated"] == []

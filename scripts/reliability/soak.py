@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Soak: N QuranFineTunes with stub stages cycling for M minutes (each finished run is deleted and replaced
+by a new one); prints the operator's RSS over time and its slope after the warm-up (MiB/h).
+
+    python scripts/reliability/soak.py --resources 500 --minutes 30      # the issue's size
+    python scripts/reliability/soak.py --resources 20 --minutes 5        # a quick look
+
+Uses the running embedded cluster (`quranft cluster up`) or starts one.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import _paths  # noqa: F401  (sys.path)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:
+    if len(samples) < 3:
+        return float("nan")
+    fit = statistics.linear_regression([t for t, _ in samples], [r for _, r in samples])
+    return fit.slope * 3600
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resources", type=int, default=20, help="runs in flight at once")
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--warmup-minutes", type=float, default=None, help="default: a third of --minutes")
+    p.add_argument("--sample-seconds", type=float, default=5.0)
+    p.add_argument("--train-seconds", type=float, default=3.0)
+    args = p.parse_args(argv)
+    warmup = 60 * (args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 3)
+
+    from clusterkit import GROUP, PLURAL, VERSION, Env, resource, stub_commands
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from quranft.cluster import controlplane
+    from quranft.operator import access
+
+    cluster = controlplane.attach()
+    started_here = cluster is None
+    cluster = cluster or controlplane.up(log=print)
+    access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
+    api = cluster.api_client()
+    core = client.CoreV1Api(api)
+    ns = f"soak-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    while not core.list_namespaced_service_account(ns).items:
+        time.sleep(0.2)
+    env = Env(cluster, ns, Path(tempfile.mkdtemp(prefix="quranft-soak-")))
+    commands = stub_commands(prepare_seconds=0.5, train_seconds=args.train_seconds, bench_seconds=0.5)
+    generation = [0] * args.resources
+    finished, failed = 0, 0
+    samples: list[tuple[float, float]] = []
+
+    def launch(slot: int) -> None:
+        name = f"soak-{slot}-{generation[slot]}"
+        env.create(resource(name, commands=commands,
+                            data={"source": "local", "localPath": f"/workspace/soak-{slot}-{generation[slot]}"}))
+
+    try:
+        env.claim()
+        env.start_operator()
+        for slot in range(args.resources):
+            launch(slot)
+        t0 = time.monotonic()
+        next_sample = t0
+        while time.monotonic() - t0 < 60 * args.minutes:
+            if env.proc.poll() is not None:
+                raise SystemExit(f"operator exited with {env.proc.returncode}; log {env.log_path}")
+            if time.monotonic() >= next_sample:
+                samples.append((time.monotonic() - t0, rss_mib(env.proc.pid)))
+                next_sample += args.sample_seconds
+            items = env.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+            for item in items:
+                phase = (item.get("status") or {}).get("phase")
+                name = item["metadata"]["name"]
+                if phase in ("Succeeded", "Failed") and not item["metadata"].get("deletionTimestamp"):
+                    finished += 1
+                    failed += phase == "Failed"
+                    try:
+                        env.delete(name)
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                    slot = int(name.split("-")[1])
+                    generation[slot] += 1
+                    launch(slot)
+            time.sleep(1.0)
+    finally:
+        env.close()
+        core.delete_namespace(ns)
+        api.close()
+        if started_here:
+            controlplane.down(log=lambda m: None)
+
+    after = [(t, r) for t, r in samples if t >= warmup]
+    print(f"soak: {args.resources} resources cycling for {args.minutes:g} min: {finished} runs finished "
+          f"({failed} Failed), {len(samples)} RSS samples")
+    for t, r in samples[:: max(1, len(samples) // 12)]:
+        print(f"  t={t:6.0f} s  RSS {r:7.1f} MiB")
+    print(f"  RSS first {samples[0][1]:.1f} MiB, last {samples[-1][1]:.1f} MiB, peak {max(r for _, r in samples):.1f} MiB")
+    print(f"  RSS slope after {warmup / 60:.1f} min warm-up: {slope_mib_per_hour(after):+.1f} MiB/h "
+          f"(over {len(after)} samples; whole run {slope_mib_per_hour(samples):+.1f} MiB/h)")
+    print(f"  operator log: {env.log_path}")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
