@@ -18,6 +18,7 @@ from quranft.operator.builders import LABEL_GENERATION, LABEL_RUN, LABEL_STAGE
 
 TERMINAL = ("Succeeded", "Failed")
 STAGES = ("prepare", "train", "benchmark")
+KILL_STAGES = ("Pending", "PreparingData", "Training", "Benchmarking")
 
 
 class Tracker:
@@ -83,6 +84,21 @@ class Tracker:
     def phases(self) -> dict[str, str | None]:
         with self.lock:
             return dict(self.phase)
+
+    def wait_phase(self, name: str, phase: str, timeout: float) -> float:
+        """Monotonic time `name` was first seen in `phase` (its create time for Pending); waits for it.
+        A run that skipped the phase or already finished returns the time of its latest phase."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                seen = self.first_seen[name]
+                if phase == "Pending" and name in self.created:
+                    return self.created[name]
+                if phase in seen:
+                    return seen[phase]
+                if self.phase.get(name) in TERMINAL or time.monotonic() > deadline:
+                    return max(seen.values(), default=time.monotonic())
+            time.sleep(0.05)
 
     def changes(self) -> list[float]:
         with self.lock:
@@ -202,7 +218,7 @@ def run_reference(env: Env, tracker: Tracker, timeout: float = 180) -> float:
 
 def run_chaos(env: Env, tracker: Tracker, *, seed: int, kills: int, max_in_flight: int = 2,
               max_down: float = 2.0, timeout: float = 600, log=print) -> ChaosReport:
-    """Create one run per kill; kill the operator a random moment after each create; restart it."""
+    """Create one run per kill; kill the operator at a seeded moment of the new run's life; restart it."""
     rng = random.Random(seed)
     if env.proc is None or env.proc.poll() is not None:
         env.start_operator()
@@ -220,7 +236,11 @@ def run_chaos(env: Env, tracker: Tracker, *, seed: int, kills: int, max_in_fligh
         env.create(chaos_resource(name, i + 1))
         tracker.mark_created(name)
         runs.append(name)
-        time.sleep(rng.uniform(0.0, reference))
+        # A seeded moment inside a seeded stage of the newest run (just after create, or some time into
+        # data preparation, training or benchmarking, which ends with the verdict being written).
+        target, offset = rng.choice(KILL_STAGES), rng.uniform(0.0, 3.0)
+        reached = tracker.wait_phase(name, target, timeout=120)
+        time.sleep(max(0.0, reached + offset - time.monotonic()))
         kill_phases[tracker.phases().get(name) or "Pending"] += 1
         kill_times.append(time.monotonic())
         env.kill_operator()
