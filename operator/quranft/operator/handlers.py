@@ -259,7 +259,7 @@ def _config_error(spec: Mapping[str, Any], meta: Mapping[str, Any], cfg: Operato
     try:
         builders.validate_run_config(builders.run_config_doc(spec, meta))
     except ConfigError as exc:
-        return str(exc)
+        return f"the trainer would reject this spec: {exc}"
     gpus = int((spec.get("resources") or {}).get("gpus", 1))
     if cfg.max_gpus_per_namespace and gpus > cfg.max_gpus_per_namespace:
         return (f"resources.gpus: {gpus} exceeds the operator's limit of {cfg.max_gpus_per_namespace} "

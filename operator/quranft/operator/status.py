@@ -278,7 +278,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
         return p.done()  # sticky: a verdict or a failure is never rewritten by later observations
     p.new.setdefault("phase", "Pending")
     if obs.config_error:
-        return p.fail("ConfigError", f"the trainer would reject this spec: {obs.config_error}")
+        return p.fail("ConfigError", obs.config_error)
     for stage in ("prepare", "train", "benchmark"):
         if stage in obs.jobs:
             p.job_name(stage, obs.jobs[stage].name)
