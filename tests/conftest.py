@@ -40,3 +40,10 @@ def namespace(cluster):
     yield name
     core.delete_namespace(name)
     api.close()
+
+
+def pytest_addoption(parser):
+    # Here, not in tests/reliability/conftest.py: pytest only reads options from conftests loaded at
+    # start-up, so `pytest tests --seed N` needs it at the root.
+    parser.addoption("--seed", type=int, default=None,
+                     help="Seed of every random choice in tests/reliability (env QURANFT_SEED).")

@@ -19,11 +19,6 @@ for folder in (HERE, HERE.parent / "operator"):
 DEFAULT_SEED = 20260707
 
 
-def pytest_addoption(parser):
-    parser.addoption("--seed", type=int, default=None,
-                     help=f"Seed of every random choice in tests/reliability (env QURANFT_SEED; default {DEFAULT_SEED}).")
-
-
 @pytest.fixture(scope="session")
 def seed(request) -> int:
     value = request.config.getoption("seed", default=None)
