@@ -256,3 +256,25 @@ def test_pod_reaches_api_server_with_in_cluster_config(namespace, core):
     log = core.read_namespaced_pod_log("incluster", namespace)
     # Authenticated as the pod's service account (TLS verified against the CA), then denied by RBAC.
     assert log.startswith("403 ") and f"system:serviceaccount:{namespace}:default" in log, log
+
+
+def test_deleted_running_pod_ends_failed_and_a_job_with_pod_failure_policy_replaces_it(namespace, batch, core):
+    """A real kubelet puts a deleted pod into a terminal phase; with a podFailurePolicy the Job controller
+    waits for that before it creates the replacement (a preempted training pod must be retried)."""
+    job = job_body("retried", "import time, signal, sys\n"
+                   "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+                   "print('started', flush=True); time.sleep(600)")
+    job["spec"]["backoffLimit"] = 2
+    job["spec"]["podFailurePolicy"] = {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": "main", "operator": "In", "values": [2]}}]}
+    batch.create_namespaced_job(namespace, job)
+
+    def running_pods():
+        pods = core.list_namespaced_pod(namespace, label_selector="job-name=retried").items
+        return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+    first = wait_for(running_pods, what="the first pod running")[0]
+    core.delete_namespaced_pod(first.metadata.name, namespace)
+    second = wait_for(lambda: [p for p in running_pods() if p.metadata.uid != first.metadata.uid],
+                      timeout=60, what="a replacement pod")
+    assert second

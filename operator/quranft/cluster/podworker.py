@@ -316,6 +316,10 @@ class PodWorker(threading.Thread):
         if self.procs:
             self._event("Normal", "Killing", "Stopping container(s)")
             self._kill_all(self.grace)
+            if self.phase not in ("Succeeded", "Failed") and all(r.terminated for r in self.main):
+                # A deleted pod ends in a terminal phase, as the kubelet does (1.27+): the Job controller
+                # waits for it before creating a replacement when the Job has a podFailurePolicy.
+                self.phase = pod_phase(self.init, self.main, "Never", self.failed_init)
             if not self.gone:
                 self._push()
         volumes.release(self.dir)
