@@ -185,6 +185,14 @@ def test_resume_count_counts_restarted_pods_and_never_decreases():
     assert d2.status["resumeCount"] == 2
 
 
+def test_resume_count_also_counts_failures_whose_pods_are_gone():
+    """A deleted (preempted) pod disappears once the Job controller has counted it in `failed`."""
+    running = (pod("p2", running=True, phase="Running", created=NOW),)
+    d = derive(SPEC, META, status(ADMITTED, READY), Observed(now=NOW, jobs={"train": job(
+        "train", active=1, failed=1, pods=running)}))
+    assert d.status["resumeCount"] == 1
+
+
 def test_last_transition_time_moves_only_on_status_flip():
     old = status(ADMITTED, dict(READY, lastTransitionTime="2020-01-01T00:00:00Z"))
     d = derive(SPEC, META, old, Observed(now=NOW))

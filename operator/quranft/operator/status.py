@@ -443,7 +443,10 @@ def _display(progress: dict[str, Any]) -> None:
 
 def _resumes(p: _Pass, job: JobView) -> None:
     """Every training pod after the first resumed from a checkpoint (preemption, eviction, retry)."""
-    restarted = max(0, len(job.pods) - 1)
+    # Deleted pods vanish once the Job controller has counted them, so its `failed` counter is kept too
+    # (less the final failure when the Job itself failed).
+    counted_failures = job.failed - (1 if job.failed_reason else 0)
+    restarted = max(0, len(job.pods) - 1, counted_failures)
     if restarted > int(p.new.get("resumeCount") or 0):
         p.new["resumeCount"] = restarted
     disrupted = [pod.name for pod in job.pods if pod.disrupted]
