@@ -109,16 +109,6 @@ class TrainJobWatch:
                 time.sleep(0.2)
 
 
-def make_namespace(core, name: str) -> None:
-    core.create_namespace({"metadata": {"name": name}})
-    deadline = time.monotonic() + 60
-    # The serviceaccount controller creates `default` asynchronously; pod admission needs it.
-    while not core.list_namespaced_service_account(name).items:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"namespace {name}: default ServiceAccount never appeared")
-        time.sleep(0.1)
-
-
 def cleanup(envs, core, custom, operator_env, log) -> None:
     """Delete the runs while the operator still runs (it removes its finalizers), then the namespaces."""
     from clusterkit import GROUP, PLURAL, VERSION
@@ -180,7 +170,7 @@ def main(argv: list[str]) -> int:
     operator_env = None
     try:
         for name in names:
-            make_namespace(core, name)
+            controlplane.create_ready_namespace(core, name)
             env = Env(cluster, name, workdir / name)
             env.workdir.mkdir(parents=True)
             env.claim()

@@ -5,7 +5,6 @@ one (building the binaries on first use) and stops it at the end of the session.
 """
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -27,16 +26,11 @@ def namespace(cluster):
     """A random namespace, ready for pods (its default ServiceAccount exists); deleted afterwards."""
     from kubernetes import client
 
+    from quranft.cluster.controlplane import create_ready_namespace
+
     api = cluster.api_client()
     core = client.CoreV1Api(api)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core.create_namespace({"metadata": {"name": name}})
-    deadline = time.monotonic() + 60
-    # The serviceaccount controller creates `default` asynchronously; pod admission needs it.
-    while not core.list_namespaced_service_account(name).items:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"namespace {name}: default ServiceAccount never appeared")
-        time.sleep(0.1)
+    name = create_ready_namespace(core, f"t-{uuid.uuid4().hex[:10]}")
     yield name
     core.delete_namespace(name)
     api.close()

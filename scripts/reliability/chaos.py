@@ -43,10 +43,7 @@ def main(argv: list[str]) -> int:
     access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
     api = cluster.api_client()
     core = client.CoreV1Api(api)
-    ns = f"chaos-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": ns}})
-    while not core.list_namespaced_service_account(ns).items:
-        time.sleep(0.2)
+    ns = controlplane.create_ready_namespace(core, f"chaos-{uuid.uuid4().hex[:8]}")
     workdir = Path(tempfile.mkdtemp(prefix="quranft-chaos-"))
     env = Env(cluster, ns, workdir)
     t0 = time.monotonic()

@@ -57,10 +57,7 @@ def main(argv: list[str]) -> int:
     access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
     api = cluster.api_client()
     core = client.CoreV1Api(api)
-    ns = f"soak-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": ns}})
-    while not core.list_namespaced_service_account(ns).items:
-        time.sleep(0.2)
+    ns = controlplane.create_ready_namespace(core, f"soak-{uuid.uuid4().hex[:8]}")
     env = Env(cluster, ns, Path(tempfile.mkdtemp(prefix="quranft-soak-")))
     commands = stub_commands(prepare_seconds=0.5, train_seconds=args.train_seconds, bench_seconds=0.5)
     generation = [0] * args.resources

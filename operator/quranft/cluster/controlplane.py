@@ -113,6 +113,18 @@ class StateDir:
 # ------------------------------------------------------------------------------------------ helpers
 
 
+def create_ready_namespace(core, name: str, timeout: float = 60) -> str:
+    """Create namespace `name` (a kubernetes CoreV1Api) and wait until pods can be admitted in it."""
+    core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + timeout
+    # The serviceaccount controller creates `default` asynchronously; pod admission needs it.
+    while not core.list_namespaced_service_account(name).items:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespace {name}: default ServiceAccount never appeared")
+        time.sleep(0.1)
+    return name
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback ports (bound together so the kernel cannot hand out one twice)."""
     socks = []
