@@ -67,7 +67,7 @@ done
 
 # Stricter than the operator's pods (read-only root, no network); HOME=/tmp as the operator sets it.
 podman_run() {
-  podman "${PODMAN_RUN_FLAGS[@]}" run --rm "${ULIMITS[@]}" --user 1000:1000 --read-only --tmpfs /tmp \
+  podman "${PODMAN_RUN_FLAGS[@]}" run --rm "${ULIMITS[@]}" --user 65532:65532 --read-only --tmpfs /tmp \
     --env HOME=/tmp --network none "$@"
 }
 if [[ " $IMAGES " == *" operator "* ]]; then

@@ -87,7 +87,7 @@ def test_cpu_job_uses_cpu_image_and_no_gpu():
 def test_pod_security_restricted_profile(stage):
     pod = _job(stage, hubTokenSecretRef={"name": "hf", "key": "token"})["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] >= 10000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     for c in pod["containers"]:
         sc = c["securityContext"]
@@ -95,10 +95,23 @@ def test_pod_security_restricted_profile(stage):
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
         names = {e["name"] for e in c["env"]}
         assert "QURANFT_TERMINATION_LOG" not in names
-        token = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
-        assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+        assert sc["readOnlyRootFilesystem"] is True
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]  # HOME and caches on a read-only root
+        # The hub token is a read-only file named by HF_TOKEN_PATH, never an env value or env secretKeyRef.
+        assert "HF_TOKEN" not in names
+        token_path = next(e["value"] for e in c["env"] if e["name"] == "HF_TOKEN_PATH")
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "hub-token")
+        assert mount["readOnly"] is True and token_path == mount["mountPath"] + "/token"
+    hub = next(v for v in pod["volumes"] if v["name"] == "hub-token")
+    assert hub["secret"] == {"secretName": "hf", "items": [{"key": "token", "path": "token"}]}
     # restricted profile: only these volume types
-    assert all(set(v) - {"name"} <= {"persistentVolumeClaim", "configMap", "emptyDir"} for v in pod["volumes"])
+    assert all(set(v) - {"name"} <= {"persistentVolumeClaim", "configMap", "emptyDir", "secret"} for v in pod["volumes"])
+
+
+def test_no_hub_token_no_token_volume():
+    pod = _job("prepare")["spec"]["template"]["spec"]
+    assert "hub-token" not in {v["name"] for v in pod["volumes"]}
+    assert "HF_TOKEN_PATH" not in {e["name"] for e in pod["containers"][0]["env"]}
 
 
 def test_queue_name_creates_suspended_job_with_kueue_label():
