@@ -17,14 +17,31 @@ def test_helm_lint_strict(helm):
 
 def test_default_render_is_operator_crd_rbac_and_service(helm):
     kinds = sorted(o["kind"] for o in render(helm))
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service",
-                     "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
+                     "NetworkPolicy", "Service", "ServiceAccount"]
 
 
 def test_every_toggle_renders_its_object(helm):
     kinds = {o["kind"] for o in render(helm, *ALL_TOGGLES)}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "ResourceFlavor", "ClusterQueue",
             "LocalQueue"} <= kinds
+
+
+def test_network_policies_admit_only_the_metrics_and_health_ports(helm):
+    objects = render(helm, "networkPolicy.workloadNamespaces[0]=team-a")
+    policies = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in by_kind(objects, "NetworkPolicy")}
+    operator = one(objects, "Deployment")
+    operator_policy = next(p for (ns, _), p in policies.items() if ns != "team-a")
+    selector = operator_policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= operator["spec"]["template"]["metadata"]["labels"].items()
+    ports = {c["containerPort"] for c in operator["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {p["port"] for p in operator_policy["spec"]["ingress"][0]["ports"]} == ports
+    # The workload policy selects the pods the operator builds, and admits the trainer's metrics port only.
+    from quranft.operator import builders
+    workload = policies[("team-a", "quranft-workloads")]
+    assert workload["spec"]["podSelector"]["matchLabels"].items() <= builders.run_labels("x", "train", 1).items()
+    assert [p["port"] for p in workload["spec"]["ingress"][0]["ports"]] == [9400]
+    assert not by_kind(render(helm, "networkPolicy.enabled=false"), "NetworkPolicy")
 
 
 def test_crd_and_rbac_files_are_identical_to_manifests_and_crd_is_kept(helm):
