@@ -205,10 +205,13 @@ def test_every_generated_job_and_pod_is_admitted_by_a_restricted_namespace_witho
 
 
 def _checked_commands(token_sha: str) -> dict:
-    """Stub stages that first prove HF_TOKEN reached them (by hash: the value is in no command line)."""
+    """Stub stages that first prove the token file reached them (by hash: the value is in no command line)."""
     check = ("import hashlib, os, sys\n"
-             f"if hashlib.sha256(os.environ.get('HF_TOKEN', '').encode()).hexdigest() != '{token_sha}':\n"
-             "    print('HF_TOKEN missing or wrong'); sys.exit(3)\n")
+             "from pathlib import Path\n"
+             "token = Path(os.environ.get('HF_TOKEN_PATH', '/nonexistent')).read_text() "
+             "if os.path.exists(os.environ.get('HF_TOKEN_PATH', '/nonexistent')) else ''\n"
+             f"if hashlib.sha256(token.encode()).hexdigest() != '{token_sha}' or 'HF_TOKEN' in os.environ:\n"
+             "    print('hub token file missing or wrong'); sys.exit(3)\n")
     return {stage: [cmd[0], cmd[1], check + cmd[2], *cmd[3:]] for stage, cmd in stub_commands(train_seconds=2).items()}
 
 
@@ -288,14 +291,19 @@ def checkov_failures(rendered_chart, tmp_path_factory) -> dict[str, list[tuple[s
     reports = reports if isinstance(reports, list) else [reports]
     passed = sum(len((r.get("results") or {}).get("passed_checks", [])) for r in reports)
     assert passed > 0, out.stderr[-2000:]
-    failures: dict[str, list[tuple[str, str, str]]] = {"generated": [], "shipped": []}
+    failures: dict[str, list[tuple[str, str, str]]] = {"generated": [], "shipped": [], "skipped": []}
     for r in reports:
         for f in (r.get("results") or {}).get("failed_checks", []):
             group = "generated" if Path(f["file_path"]).name == "generated-jobs.yaml" else "shipped"
             failures[group].append((f["check_id"], f["check_name"], f["resource"]))
-    print(f"\ncheckov {version}: {passed} passed; failed: "
-          f"{ {g: len(v) for g, v in failures.items()} }")
-    for group, found in failures.items():
+        for f in (r.get("results") or {}).get("skipped_checks", []):
+            failures["skipped"].append((f["check_id"], f["resource"], f["check_result"].get("suppress_comment", "")))
+    for check_id, reason in sorted({(c, why) for c, _, why in failures["skipped"]}):
+        print(f"  suppressed {check_id}: {reason}")
+    print(f"\ncheckov {version}: {passed} passed; failed: generated {len(failures['generated'])}, "
+          f"shipped {len(failures['shipped'])}; suppressed in place: {len(failures['skipped'])}")
+    for group in ("generated", "shipped"):
+        found = failures[group]
         by_check: dict[tuple[str, str], list[str]] = {}
         for check_id, name, res in found:
             by_check.setdefault((check_id, name), []).append(res)
@@ -304,19 +312,24 @@ def checkov_failures(rendered_chart, tmp_path_factory) -> dict[str, list[tuple[s
     return failures
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the operator Deployment (charts/quran-finetune/templates/deployment.yaml, manifests/deploy/operator.yaml) "
-    "fails CKV_K8S_9 (no readinessProbe), CKV_K8S_11 (no CPU limit), CKV_K8S_15 (pullPolicy not Always), "
-    "CKV_K8S_38 (SA token mounted: needed by the operator, suppression to justify), CKV_K8S_43 (tag, not "
-    "digest) and CKV2_K8S_6 (no NetworkPolicy); owned by the chart/manifests, not this suite"))
 def test_checkov_on_the_rendered_chart_and_the_manifests(checkov_failures):
     assert checkov_failures["shipped"] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "operator/quranft/operator/builders.py stage Jobs fail CKV_K8S_15 (imagePullPolicy IfNotPresent), "
-    "CKV_K8S_22 (no readOnlyRootFilesystem), CKV_K8S_35 (HF_TOKEN as an env secretKeyRef, not a file), "
-    "CKV_K8S_40 (runAsUser 1000, checkov wants >= 10000), CKV_K8S_43 (image tag, not digest) and "
-    "CKV2_K8S_6 (no NetworkPolicy selects the workload pods)"))
 def test_checkov_on_every_generated_stage_job(checkov_failures):
     assert checkov_failures["generated"] == []
+
+
+# Findings that are design choices; each is suppressed in place (a checkov.io/skipN annotation with its reason).
+JUSTIFIED_SUPPRESSIONS = {
+    "CKV_K8S_15",  # pull policy IfNotPresent: kind and air-gapped clusters preload images
+    "CKV_K8S_38",  # the operator's own service-account token: it is an API client
+    "CKV_K8S_43",  # release tags by default; digests are accepted wherever an image is set
+}
+
+
+def test_every_checkov_suppression_is_one_we_chose_and_says_why(checkov_failures):
+    skipped = checkov_failures["skipped"]
+    assert skipped, "the suppressions above are expected to be seen by checkov"
+    assert {check_id for check_id, _, _ in skipped} <= JUSTIFIED_SUPPRESSIONS
+    assert [(c, res) for c, res, why in skipped if len(why) < 40] == []
