@@ -27,6 +27,21 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+TRANSIENT = (429, 500, 503, 504)  # an overloaded API server; the soak waits and asks again
+
+
+def retried(call, attempts: int = 6):
+    from kubernetes.client.exceptions import ApiException
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status not in TRANSIENT or attempt == attempts - 1:
+                raise
+            time.sleep(5.0)
+
+
 def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:
     if len(samples) < 3:
         return float("nan")
@@ -61,13 +76,18 @@ def main(argv: list[str]) -> int:
     env = Env(cluster, ns, Path(tempfile.mkdtemp(prefix="quranft-soak-")))
     commands = stub_commands(prepare_seconds=0.5, train_seconds=args.train_seconds, bench_seconds=0.5)
     generation = [0] * args.resources
-    finished, failed = 0, 0
+    finished, failed, api_errors = 0, 0, 0
     samples: list[tuple[float, float]] = []
 
     def launch(slot: int) -> None:
         name = f"soak-{slot}-{generation[slot]}"
-        env.create(resource(name, commands=commands,
-                            data={"source": "local", "localPath": f"/workspace/soak-{slot}-{generation[slot]}"}))
+        body = resource(name, commands=commands,
+                        data={"source": "local", "localPath": f"/workspace/soak-{slot}-{generation[slot]}"})
+        try:
+            retried(lambda: env.create(body))
+        except ApiException as exc:
+            if exc.status != 409:  # 409: an earlier try that timed out had created it
+                raise
 
     try:
         env.claim()
@@ -82,7 +102,14 @@ def main(argv: list[str]) -> int:
             if time.monotonic() >= next_sample:
                 samples.append((time.monotonic() - t0, rss_mib(env.proc.pid)))
                 next_sample += args.sample_seconds
-            items = env.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+            try:
+                items = env.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+            except ApiException as exc:
+                if exc.status not in TRANSIENT:
+                    raise
+                api_errors += 1
+                time.sleep(5.0)
+                continue
             for item in items:
                 phase = (item.get("status") or {}).get("phase")
                 name = item["metadata"]["name"]
@@ -90,7 +117,7 @@ def main(argv: list[str]) -> int:
                     finished += 1
                     failed += phase == "Failed"
                     try:
-                        env.delete(name)
+                        retried(lambda: env.delete(name))
                     except ApiException as exc:
                         if exc.status != 404:
                             raise
@@ -107,7 +134,7 @@ def main(argv: list[str]) -> int:
 
     after = [(t, r) for t, r in samples if t >= warmup]
     print(f"soak: {args.resources} resources cycling for {args.minutes:g} min: {finished} runs finished "
-          f"({failed} Failed), {len(samples)} RSS samples")
+          f"({failed} Failed), {len(samples)} RSS samples, {api_errors} API errors answered by the soak's own lists")
     for t, r in samples[:: max(1, len(samples) // 12)]:
         print(f"  t={t:6.0f} s  RSS {r:7.1f} MiB")
     print(f"  RSS first {samples[0][1]:.1f} MiB, last {samples[-1][1]:.1f} MiB, peak {max(r for _, r in samples):.1f} MiB")
