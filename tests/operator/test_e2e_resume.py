@@ -107,6 +107,8 @@ def test_killed_training_pod_resumes_from_its_checkpoint(cluster, namespace, tmp
         print(demo_log.read_text()[-3000:])
         assert status["phase"] == "Succeeded" and status.get("verdict")
         assert int(status.get("resumeCount") or 0) >= 1
+        # Copied from the trainer's lastCheckpointStep and kept once set; no checkpoint exists before step EVERY.
+        assert int((status.get("lastCheckpoint") or {}).get("step") or 0) >= EVERY, status.get("lastCheckpoint")
         assert len(env.jobs(name, "train")) == 1
     finally:
         if demo.poll() is None:

@@ -33,6 +33,28 @@ def test_progress_is_rate_limited_and_matches_the_contract(tmp_path):
     assert not list((tmp_path / "run").glob(".*"))  # atomic writes leave no temp files
 
 
+
+def test_progress_names_the_last_checkpoint_once_one_exists(tmp_path):
+    clock, lines = FakeClock(), []
+    rep = ProgressReporter(tmp_path / "progress.json", 5.0, out=lines.append, clock=clock)
+
+    def last() -> dict:
+        return json.loads(lines[-1][len(PROGRESS_PREFIX):])
+
+    assert rep.report(step=1, max_steps=10, loss=2.5, lr=0.003, epoch=0)
+    assert "lastCheckpointStep" not in last()  # omitted, not null, before the first checkpoint
+    rep.checkpoint_saved(2)
+    clock.now += 1.0  # inside the rate limit: a new checkpoint is still reported at once
+    assert rep.report(step=2, max_steps=10, loss=2.0, lr=0.003, epoch=0)
+    assert last()["lastCheckpointStep"] == 2 and last()["step"] == 2
+    assert json.loads((tmp_path / "progress.json").read_text())["lastCheckpointStep"] == 2
+    clock.now += 1.0
+    assert not rep.report(step=3, max_steps=10, loss=1.5, lr=0.003, epoch=0)  # same checkpoint: rate-limited
+    clock.now += 5.0
+    assert rep.report(step=4, max_steps=10, loss=1.0, lr=0.003, epoch=0)
+    assert last()["lastCheckpointStep"] == 2  # kept on later lines
+
+
 def test_labels_come_from_the_environment_first(monkeypatch):
     monkeypatch.delenv("QURANFT_RUN_NAME", raising=False)
     monkeypatch.delenv("QURANFT_NAMESPACE", raising=False)

@@ -1,6 +1,7 @@
 """Training the tiny model on the synthetic set: ctcOnly and hybrid, outputs, metrics, resume and SIGTERM."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -18,6 +19,7 @@ from fixtures_model import (cli_command, prepared_workspace, start_cli, synth_11
                             write_config, run_config)
 from quranft.trainer.checkpoints import latest_checkpoint, list_checkpoints
 from quranft.trainer.config import RunConfig
+from quranft.trainer.metrics import PROGRESS_PREFIX
 
 LOSS_LINE = re.compile(r'^quranft_train_loss\{kind="total",namespace="tests",run="([^"]+)"\} (\S+)$', re.M)
 
@@ -32,6 +34,22 @@ def ctc_transcripts(model, paths: list[str]) -> list[str]:
     model.change_decoding_strategy(decoder_type="ctc", verbose=False)
     hyps = model.transcribe(paths, batch_size=4, verbose=False)
     return [h if isinstance(h, str) else h.text for h in hyps]
+
+
+def progress_docs(lines) -> list[dict]:
+    return [json.loads(line[len(PROGRESS_PREFIX):]) for line in lines if line.startswith(PROGRESS_PREFIX)]
+
+
+class LineSink(io.TextIOBase):
+    """stdout as a list of lines, interleaved with the trainer's log lines (same thread)."""
+
+    def __init__(self, lines: list[str]):
+        self.lines, self._partial = lines, ""
+
+    def write(self, text: str) -> int:
+        *done, self._partial = (self._partial + text).split("\n")
+        self.lines.extend(done)
+        return len(text)
 
 
 class Scraper(threading.Thread):
@@ -59,7 +77,8 @@ class Scraper(threading.Thread):
 
 @pytest.fixture(scope="module")
 def ctc_run(prepared_workspace, synth_112):
-    """One in-process ctcOnly run (30 steps), scraped over HTTP; the RNNT loss and joint must never run."""
+    """One in-process ctcOnly run (30 steps), scraped over HTTP; the RNNT loss and joint must never run.
+    `lines` holds the log and the stdout (progress) lines in order."""
     from nemo.collections.asr.losses.rnnt import RNNTLoss
     from nemo.collections.asr.modules import RNNTJoint
 
@@ -75,7 +94,7 @@ def ctc_run(prepared_workspace, synth_112):
     scraper = Scraper(port)
     scraper.start()
     lines: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(LineSink(lines)):
         mp.setattr(RNNTLoss, "forward", forbidden)
         mp.setattr(RNNTJoint, "forward", forbidden)
         summary = train(cfg, log=lines.append)
@@ -101,8 +120,19 @@ def test_ctc_only_trains_and_writes_the_contract_outputs(ctc_run):
     assert set(meta["finalLosses"]) == {"total", "ctc"}  # no RNNT loss in ctcOnly
     assert meta["versions"]["torch"] and meta["versions"]["nemo_toolkit"] and meta["wallTimeSeconds"] > 0
     progress = json.loads((run_dir / "progress.json").read_text())
-    assert progress["step"] == 30 and progress["maxSteps"] == 30
+    assert progress["step"] == 30 and progress["maxSteps"] == 30 and progress["lastCheckpointStep"] == 30
     assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")] == [20, 30]  # keeps the newest two
+
+
+def test_progress_lines_name_each_checkpoint_as_soon_as_it_is_complete(ctc_run):
+    _, _, _, lines = ctc_run
+    docs = progress_docs(lines)
+    assert docs and all("lastCheckpointStep" not in d for d in docs if d["step"] < 10)  # none saved yet
+    assert all(d.get("lastCheckpointStep", 0) <= d["step"] for d in docs)
+    for saved in (10, 20, 30):  # checkpointEveryNSteps=10: reported on the step that saved it, not later
+        at = next(i for i, line in enumerate(lines) if line.endswith(f"step-{saved:08d}.ckpt"))
+        after = progress_docs(lines[at:])
+        assert after[0]["step"] == saved and after[0]["lastCheckpointStep"] == saved, after[:2]
 
 
 def test_validation_reports_ctc_wer_in_ctc_only_mode(ctc_run):
@@ -201,6 +231,8 @@ def test_resume_after_sigkill_continues_from_the_saved_step(prepared_workspace, 
     log = (tmp_path / "second.log").read_text()
     first_step = int(re.search(r'QURANFT_PROGRESS \{"step":(\d+)', log).group(1))
     assert first_step > saved  # no step before the checkpoint was trained again
+    # The resumed run reports the checkpoint it started from before it saves a new one.
+    assert progress_docs(log.splitlines())[0]["lastCheckpointStep"] == summary["resumedFromStep"]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(prepared_workspace, synth_112, tmp_path):
@@ -219,6 +251,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(prepared_workspace, synth_112,
             proc.kill()
     step, _ = latest_checkpoint(run_dir / "checkpoints")
     assert step >= 3  # nothing was due before step 1000: this one was written on SIGTERM
+    last = progress_docs((tmp_path / "train.log").read_text().splitlines())[-1]
+    assert last["lastCheckpointStep"] == step  # the pod's last line names the checkpoint the retry uses
     summary = json.loads(term.read_text())
     assert summary["ok"] is False and summary["reason"] == "Preempted" and summary["stage"] == "train"
     assert not (run_dir / "model.nemo").exists()

@@ -10,6 +10,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -60,12 +61,17 @@ def save_atomic(trainer, ckpt_dir: Path) -> Path:
 
 
 class StepCheckpoint(Callback):
-    """Saves every `every_n_steps` optimiser steps, and once more when SIGTERM stops the fit loop."""
+    """Saves every `every_n_steps` optimiser steps, and once more when SIGTERM stops the fit loop.
 
-    def __init__(self, ckpt_dir: Path, every_n_steps: int, log=print):
+    `on_saved(step)` is called once a checkpoint is complete (after the rename), e.g. to report it.
+    """
+
+    def __init__(self, ckpt_dir: Path, every_n_steps: int, log=print,
+                 on_saved: Callable[[int], None] | None = None):
         self.ckpt_dir = ckpt_dir
         self.every_n_steps = every_n_steps
         self._log = log
+        self._on_saved = on_saved
         self.last_saved_step: int | None = None
         self.last_path: Path | None = None
         self.preempted = False
@@ -76,6 +82,8 @@ class StepCheckpoint(Callback):
         path = save_atomic(trainer, self.ckpt_dir)
         self.last_saved_step, self.last_path = trainer.global_step, path
         self._log(f"checkpoint: {path}")
+        if self._on_saved:
+            self._on_saved(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps == 0:

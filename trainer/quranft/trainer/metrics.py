@@ -90,15 +90,29 @@ class ProgressReporter:
         self._out = out or (lambda line: print(line, flush=True))
         self._clock = clock
         self._last: float | None = None
+        # Step of the newest complete checkpoint (`lastCheckpointStep`); None until one exists.
+        self.last_checkpoint_step: int | None = None
+        self._reported_checkpoint: int | None = None
+
+    def checkpoint_saved(self, step: int) -> None:
+        """A checkpoint for `step` is complete (renamed into place, or found on resume)."""
+        self.last_checkpoint_step = step
 
     def report(self, *, step: int, max_steps: int, loss: float | None, lr: float | None, epoch: int,
                force: bool = False, **extra: Any) -> bool:
         now = self._clock()
-        if not force and self._last is not None and now - self._last < self.interval:
+        # A new checkpoint is reported at once: the operator only sees the pod's last line, and a pod
+        # preempted right after saving may never print another.
+        new_checkpoint = self.last_checkpoint_step != self._reported_checkpoint
+        if not force and not new_checkpoint and self._last is not None and now - self._last < self.interval:
             return False
         self._last = now
         doc = {"step": step, "maxSteps": max_steps, "loss": loss, "lr": lr, "epoch": epoch,
-               "updatedAt": rfc3339_now(), **extra}
+               "updatedAt": rfc3339_now()}
+        if self.last_checkpoint_step is not None:
+            doc["lastCheckpointStep"] = self.last_checkpoint_step
+        doc.update(extra)
+        self._reported_checkpoint = self.last_checkpoint_step
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, doc)
         self._out(PROGRESS_PREFIX + json.dumps(doc, separators=(",", ":")))

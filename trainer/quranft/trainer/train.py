@@ -120,7 +120,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
         log(f"train: Prometheus metrics on :{port}/metrics")
     progress = ProgressReporter(run_dir / "progress.json", cfg.metrics.progress_interval_seconds)
     telemetry = Telemetry(progress, metrics, t.max_steps)
-    checkpoint = StepCheckpoint(ckpt_dir, t.checkpoint_every_n_steps, log=log)
+    checkpoint = StepCheckpoint(ckpt_dir, t.checkpoint_every_n_steps, log=log, on_saved=progress.checkpoint_saved)
     trainer = Trainer(
         accelerator="gpu" if cuda else "cpu", devices=1, precision=precision, max_steps=t.max_steps,
         accumulate_grad_batches=t.grad_accum, gradient_clip_val=t.gradient_clip_val or None,
@@ -128,7 +128,8 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
         val_check_interval=t.val_check_interval * t.grad_accum, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=50,
-        callbacks=[KeepFrozenInEval(frozen), telemetry, checkpoint],
+        # checkpoint before telemetry: the progress line of a step that saved one already names it.
+        callbacks=[KeepFrozenInEval(frozen), checkpoint, telemetry],
     )
     model.set_trainer(trainer)
 
@@ -136,10 +137,15 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
     resumed_from = resume[0] if resume else None
     if resume:
         log(f"train: resuming from {resume[1]} (step {resume[0]})")
+        progress.checkpoint_saved(resume[0])
     try:
         try:
             trainer.fit(model, ckpt_path=str(resume[1]) if resume else None)
         except SIGTERMException:
+            # The pod's last progress line names the checkpoint just saved for the retry.
+            progress.report(step=trainer.global_step, max_steps=t.max_steps,
+                            loss=telemetry.final_losses().get("total"), lr=None, epoch=trainer.current_epoch,
+                            force=True)
             raise Preempted(trainer.global_step, checkpoint.last_path) from None
         # Final CTC WER on the validation set, so the summary describes the exported weights.
         trainer.validate(model, verbose=False)
