@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The operator tests' cluster kit (operator subprocess under its ServiceAccount, stub stages) is reused as is.
-for folder in ("operator", "trainer", "benchmark", "tests/operator"):
+for folder in ("operator", "trainer", "benchmark", "tests/support"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
@@ -144,17 +144,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sample-seconds", type=float, default=1.0, help="operator RSS sampling period")
     args = p.parse_args(argv)
 
+    from clusterkit import script_cluster
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, figures to stdout
+    with script_cluster(log=log) as cluster:
+        return run(args, cluster, log)
+
+
+def run(args, cluster, log) -> int:
     from clusterkit import Env, resource, stub_commands
     from kubernetes import client
 
     from quranft.cluster import controlplane
-    from quranft.operator import access
 
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, figures to stdout
-    cluster = controlplane.attach()
-    started_here = cluster is None
-    cluster = cluster or controlplane.up(log=log)
-    access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
     api = cluster.api_client()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     tag = uuid.uuid4().hex[:6]
@@ -210,8 +212,6 @@ def main(argv: list[str]) -> int:
         log("cleaning up")
         cleanup(envs, core, custom, operator_env, log)
         api.close()
-        if started_here:
-            controlplane.down(log=lambda m: None)
 
     with watcher.lock:
         server = [watcher.created[k] - created[k][0] for k in created if k in watcher.created]

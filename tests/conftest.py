@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded Kubernetes cluster (once per session) and a fresh namespace per test.
+"""Shared fixtures: the embedded Kubernetes cluster (once per session), a fresh namespace per test, and the
+operator's install plus an Env (tests/support/clusterkit.py) for the operator and reliability suites.
 
 `cluster` reuses a cluster that `quranft cluster up` already started (same state dir), otherwise starts
 one (building the binaries on first use) and stops it at the end of the session.
@@ -34,6 +35,25 @@ def namespace(cluster):
     yield name
     core.delete_namespace(name)
     api.close()
+
+
+@pytest.fixture(scope="module")
+def installed(cluster):
+    """The cluster with the CRD and the operator's RBAC (manifests/) applied."""
+    from quranft.operator import access
+
+    access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
+    return cluster
+
+
+@pytest.fixture
+def env(installed, namespace, tmp_path):
+    """A clusterkit Env (clients, the operator as a subprocess) in a fresh namespace."""
+    from clusterkit import Env
+
+    e = Env(installed, namespace, tmp_path)
+    yield e
+    e.close()
 
 
 def pytest_addoption(parser):

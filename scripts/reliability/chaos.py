@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import _paths  # noqa: F401  (sys.path)
@@ -31,34 +29,14 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from chaoslib import Tracker, run_chaos
-    from clusterkit import Env
-    from kubernetes import client
+    from clusterkit import scratch_env, script_cluster
 
-    from quranft.cluster import controlplane
-    from quranft.operator import access
-
-    cluster = controlplane.attach()
-    started_here = cluster is None
-    cluster = cluster or controlplane.up(log=print)
-    access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
-    api = cluster.api_client()
-    core = client.CoreV1Api(api)
-    ns = controlplane.create_ready_namespace(core, f"chaos-{uuid.uuid4().hex[:8]}")
-    workdir = Path(tempfile.mkdtemp(prefix="quranft-chaos-"))
-    env = Env(cluster, ns, workdir)
     t0 = time.monotonic()
-    try:
-        env.claim()
-        with Tracker(cluster, ns) as tracker:
+    with script_cluster() as cluster, scratch_env(cluster, "chaos") as env:
+        with Tracker(cluster, env.ns) as tracker:
             report = run_chaos(env, tracker, seed=args.seed, kills=args.kills, max_in_flight=args.max_in_flight,
                                timeout=120 + 60 * args.kills)
             report.overrun_per_kill_limit = args.overrun_limit
-    finally:
-        env.close()
-        core.delete_namespace(ns)
-        api.close()
-        if started_here:
-            controlplane.down(log=lambda m: None)
     print(report.summary())
     print(f"  wall time {time.monotonic() - t0:.0f} s; operator log: {env.log_path}")
     if args.json:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import _paths  # noqa: F401  (sys.path)
@@ -59,27 +57,15 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     warmup = 60 * (args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 3)
 
-    from clusterkit import GROUP, PLURAL, VERSION, Env, resource, stub_commands
-    from kubernetes import client
+    from clusterkit import GROUP, PLURAL, VERSION, resource, scratch_env, script_cluster, stub_commands
     from kubernetes.client.exceptions import ApiException
 
-    from quranft.cluster import controlplane
-    from quranft.operator import access
-
-    cluster = controlplane.attach()
-    started_here = cluster is None
-    cluster = cluster or controlplane.up(log=print)
-    access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
-    api = cluster.api_client()
-    core = client.CoreV1Api(api)
-    ns = controlplane.create_ready_namespace(core, f"soak-{uuid.uuid4().hex[:8]}")
-    env = Env(cluster, ns, Path(tempfile.mkdtemp(prefix="quranft-soak-")))
     commands = stub_commands(prepare_seconds=0.5, train_seconds=args.train_seconds, bench_seconds=0.5)
     generation = [0] * args.resources
     finished, failed, api_errors = 0, 0, 0
     samples: list[tuple[float, float]] = []
 
-    def launch(slot: int) -> None:
+    def launch(env, slot: int) -> None:
         name = f"soak-{slot}-{generation[slot]}"
         body = resource(name, commands=commands,
                         data={"source": "local", "localPath": f"/workspace/soak-{slot}-{generation[slot]}"})
@@ -89,11 +75,10 @@ def main(argv: list[str]) -> int:
             if exc.status != 409:  # 409: an earlier try that timed out had created it
                 raise
 
-    try:
-        env.claim()
+    with script_cluster() as cluster, scratch_env(cluster, "soak") as env:
         env.start_operator()
         for slot in range(args.resources):
-            launch(slot)
+            launch(env, slot)
         t0 = time.monotonic()
         next_sample = t0
         while time.monotonic() - t0 < 60 * args.minutes:
@@ -103,7 +88,7 @@ def main(argv: list[str]) -> int:
                 samples.append((time.monotonic() - t0, rss_mib(env.proc.pid)))
                 next_sample += args.sample_seconds
             try:
-                items = env.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+                items = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL)["items"]
             except ApiException as exc:
                 if exc.status not in TRANSIENT:
                     raise
@@ -123,14 +108,8 @@ def main(argv: list[str]) -> int:
                             raise
                     slot = int(name.split("-")[1])
                     generation[slot] += 1
-                    launch(slot)
+                    launch(env, slot)
             time.sleep(1.0)
-    finally:
-        env.close()
-        core.delete_namespace(ns)
-        api.close()
-        if started_here:
-            controlplane.down(log=lambda m: None)
 
     after = [(t, r) for t, r in samples if t >= warmup]
     print(f"soak: {args.resources} resources cycling for {args.minutes:g} min: {finished} runs finished "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import body
+from specs import body
 
 from quranft.operator import builders
 from quranft.operator.settings import OperatorSettings

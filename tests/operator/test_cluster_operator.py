@@ -9,25 +9,13 @@ import time
 import urllib.request
 
 import pytest
-from clusterkit import Env, condition, resource, stub_commands
+from clusterkit import condition, resource, stub_commands
 from kubernetes.client.exceptions import ApiException
 
-from quranft.operator import access
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def installed(cluster):
-    access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
-    return cluster
-
-
-@pytest.fixture
-def env(installed, namespace, tmp_path):
-    e = Env(installed, namespace, tmp_path)
-    yield e
-    e.close()
 
 
 def _set(path: str, value):

@@ -1,7 +1,7 @@
 """CRD sanity without a cluster: structural, documented, and in step with the trainer's config schema."""
 from __future__ import annotations
 
-from helpers import apply_defaults, crd, schema
+from specs import apply_defaults, crd, schema
 
 from quranft.trainer.config import BlendSpec, DataSpec, FreezeSpec, TrainingSpec
 

@@ -5,7 +5,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from helpers import body
+from specs import body
 
 from quranft.operator.observe import JobView, PodView, job_view, pod_view
 from quranft.operator.status import Observed, derive, parse_summary, status_patch, transition_events

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clusterkit import condition, resource, stub_commands
-from helpers import body as spec_body
+from specs import body as spec_body
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from proxied import ProxiedEnv

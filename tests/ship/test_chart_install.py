@@ -2,15 +2,12 @@
 Deployment run by the node agent) takes a stub run to a verdict; `helm uninstall` keeps the CRD."""
 from __future__ import annotations
 
-import sys
 import urllib.request
 
 import pytest
 
 from promkit import free_port
-from shippaths import CHART, ROOT
-
-sys.path.insert(0, str(ROOT / "tests" / "operator"))  # the operator's cluster helpers (stub stages, Env)
+from shippaths import CHART
 
 pytestmark = pytest.mark.cluster
 

@@ -15,8 +15,6 @@ from promkit import Prometheus, free_port
 from promqlkit import dashboard_queries, rule_queries, selectors
 from shippaths import DASHBOARD, ROOT, RULES
 
-sys.path.insert(0, str(ROOT / "tests" / "operator"))  # the operator's cluster helpers (stub stages, Env)
-
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 PY_ENV = dict(os.environ, PYTHONUNBUFFERED="1",

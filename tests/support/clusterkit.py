@@ -1,14 +1,17 @@
-"""Helpers for the operator's cluster tests: install, run the operator as a subprocess under its
-ServiceAccount, stub stage commands, and waiting on conditions (never bare sleeps)."""
+"""Helpers for the cluster tests and the reliability/scale scripts: install, run the operator as a subprocess
+under its ServiceAccount, stub stage commands, and waiting on conditions (never bare sleeps)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from kubernetes import client
@@ -173,3 +176,41 @@ class Env:
 
 def condition(obj: dict, ctype: str) -> dict | None:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
+
+
+# --- for scripts (chaos, soak, scale bench) -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def script_cluster(log=print):
+    """The running embedded cluster (`quranft cluster up`), or one started here and stopped on exit; with the
+    CRD and the operator's RBAC installed."""
+    from quranft.cluster import controlplane
+
+    cluster = controlplane.attach()
+    started_here = cluster is None
+    cluster = cluster or controlplane.up(log=log)
+    try:
+        access.install(cluster.bin_dir / "kubectl", cluster.kubeconfig)
+        yield cluster
+    finally:
+        if started_here:
+            controlplane.down(log=lambda m: None)
+
+
+@contextlib.contextmanager
+def scratch_env(cluster, prefix: str):
+    """An Env in a fresh namespace `<prefix>-<random>` with the claim "ws"; operator stopped and namespace
+    deleted on exit."""
+    from quranft.cluster import controlplane
+
+    api = cluster.api_client()
+    core = client.CoreV1Api(api)
+    ns = controlplane.create_ready_namespace(core, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    env = Env(cluster, ns, Path(tempfile.mkdtemp(prefix=f"quranft-{prefix}-")))
+    try:
+        env.claim()
+        yield env
+    finally:
+        env.close()
+        core.delete_namespace(ns)
+        api.close()
