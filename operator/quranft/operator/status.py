@@ -260,6 +260,14 @@ class _Pass:
             self.cond("StartupBlocked", False, "Started", "the pod is running")
         return None
 
+    def in_progress(self, job: JobView, phase: str, ctype: str, reason: str, doing: str) -> Derived:
+        """An unfinished stage Job: running_stage's checks, else the stage's condition says what it is doing."""
+        result = self.running_stage(job, phase)
+        if result:
+            return result
+        self.cond(ctype, False, reason, f"Job {job.name} is {doing}")
+        return self.done()
+
     def finished_failed(self, job: JobView) -> Derived | None:
         """A failed Job fails the run, once its pods' final state reached us (or after a grace)."""
         reason, message = classify_failure(job)
@@ -324,11 +332,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
         elif job.failed_reason:
             return p.finished_failed(job)
         else:
-            result = p.running_stage(job, "PreparingData")
-            if result:
-                return result
-            p.cond("DataReady", False, "Preparing", f"Job {job.name} is preparing the data")
-            return p.done()
+            return p.in_progress(job, "PreparingData", "DataReady", "Preparing", "preparing the data")
 
     # 3. Training.
     if not condition_true(p.new, "Trained"):
@@ -358,11 +362,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
         elif job.failed_reason:
             return p.finished_failed(job)
         else:
-            result = p.running_stage(job, "Training")
-            if result:
-                return result
-            p.cond("Trained", False, "Training", f"Job {job.name} is training")
-            return p.done()
+            return p.in_progress(job, "Training", "Trained", "Training", "training")
 
     # 4. Benchmark and verdict.
     job = obs.jobs.get("benchmark")
@@ -380,11 +380,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
     if job.failed_reason:
         return p.finished_failed(job)
     if not job.complete:
-        result = p.running_stage(job, "Benchmarking")
-        if result:
-            return result
-        p.cond("Benchmarked", False, "Benchmarking", f"Job {job.name} is benchmarking")
-        return p.done()
+        return p.in_progress(job, "Benchmarking", "Benchmarked", "Benchmarking", "benchmarking")
     pod = _succeeded_pod(job)
     if pod is None or pod.message is None:
         if job.completion_time is None or obs.now - job.completion_time < OBSERVATION_GRACE:
