@@ -35,7 +35,7 @@ def _read_source(value: Any) -> bytes:
         raise UndecodableAudio("audio value has neither bytes nor a path")
     path = str(path)
     try:
-        if "://" in path:  # e.g. hf:// in streaming mode; fsspec comes with datasets and reads HF_TOKEN
+        if "://" in path:  # e.g. hf:// in streaming mode (fsspec, with datasets; token as huggingface_hub finds it)
             import fsspec
 
             with fsspec.open(path, "rb") as fh:

@@ -1,7 +1,8 @@
 """Rows of a hub or local dataset with the audio left undecoded: one code path for both.
 
-The hub is read with `load_dataset(..., streaming=True)` (the token, if any, comes from HF_TOKEN, which
-`huggingface_hub` reads itself). A local directory is anything `datasets` loads: `save_to_disk` output
+The hub is read with `load_dataset(..., streaming=True)` (the token, if any, comes from HF_TOKEN or the file
+named by HF_TOKEN_PATH, as the operator mounts it; `huggingface_hub` reads either itself). A local directory
+is anything `datasets` loads: `save_to_disk` output
 (`load_from_disk`, then iterated as a stream) or a folder of parquet/arrow/csv files or an audiofolder
 (`load_dataset(dir, streaming=True)`). Either way the caller gets an iterable of plain dict rows whose audio
 column is `{"bytes", "path"}`, because we decode and resample ourselves.
