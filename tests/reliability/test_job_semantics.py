@@ -81,3 +81,35 @@ def test_job_semantics(env):
     handler_errors = [line for line in log.splitlines() if "failed with an exception" in line
                       and any(f"/{n}]" in line for n in commands)]
     assert handler_errors == [], handler_errors[:5]
+
+
+def test_a_job_kueue_keeps_suspended_is_not_finished(env):
+    """With spec.queueName every stage Job is created suspended for Kueue to admit. While it stays suspended
+    (Kueue's answer to "no quota"), the run waits in Queued: neither the operator's startup deadline nor the
+    Job's activeDeadlineSeconds counts that time. Kueue is not installed here; the test admits each Job the
+    way Kueue does (spec.suspend -> false)."""
+    env.claim()
+    env.start_operator()
+    env.create(_run("queued", 99, stub_commands(**QUICK), queueName="team-a", startupDeadlineSeconds=5,
+                    activeDeadlineSeconds=20))
+    env.wait(lambda: env.jobs("queued", "prepare"), 60, "the suspended prepare Job")
+    env.wait_phase("queued", "Queued", 30)  # the pass that created the Job said PreparingData
+    held_until = time.monotonic() + 30  # well past both deadlines
+    while time.monotonic() < held_until:
+        obj = env.get("queued")
+        assert obj["status"].get("phase") == "Queued", obj["status"]
+        time.sleep(2)
+    admitted = condition(obj, "QuotaAdmitted")
+    assert admitted["status"] == "False" and admitted["reason"] == "WaitingForKueue", admitted
+    assert env.pods("queued") == [] and env.jobs("queued", "prepare")[0].spec.suspend is True
+
+    admitted_stages = []
+    for stage in ("prepare", "train", "benchmark"):
+        job = env.wait(lambda: env.jobs("queued", stage), 120, f"the {stage} Job")[0]
+        assert job.spec.suspend is True, f"{stage} Job was not created suspended"
+        env.batch.patch_namespaced_job(job.metadata.name, env.ns, {"spec": {"suspend": False}})
+        admitted_stages.append(stage)
+    final = env.wait_phase("queued", ("Succeeded", "Failed"), 120)
+    print(f"\nkueue-held run: Queued for 30 s past both deadlines, then admitted {admitted_stages}: "
+          f"{final['status']['phase']}")
+    assert final["status"]["phase"] == "Succeeded", final["status"]
