@@ -109,31 +109,6 @@ class TrainJobWatch:
                 time.sleep(0.2)
 
 
-def cleanup(envs, core, custom, operator_env, log) -> None:
-    """Delete the runs while the operator still runs (it removes its finalizers), then the namespaces."""
-    from clusterkit import GROUP, PLURAL, VERSION
-
-    for env in envs:
-        try:
-            custom.delete_collection_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL)
-        except Exception as exc:  # noqa: BLE001  cleanup goes on; the namespace deletion below still runs
-            log(f"delete runs in {env.ns}: {exc}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(
-            custom.list_namespaced_custom_object(GROUP, VERSION, e.ns, PLURAL)["items"] for e in envs):
-        time.sleep(1)
-    if operator_env is not None:
-        operator_env.stop_operator()
-    for env in envs:
-        # Whatever the operator did not release in time would block the namespace forever.
-        for item in custom.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL)["items"]:
-            if item["metadata"].get("finalizers"):
-                custom.patch_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, item["metadata"]["name"],
-                                                      {"metadata": {"finalizers": None}})
-        core.delete_namespace(env.ns)
-        env.api.close()
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=200, help="QuranFineTunes to create")
@@ -152,7 +127,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(args, cluster, log) -> int:
-    from clusterkit import Env, resource, stub_commands
+    from clusterkit import Env, release_runs, resource, stub_commands
     from kubernetes import client
 
     from quranft.cluster import controlplane
@@ -210,7 +185,7 @@ def run(args, cluster, log) -> int:
     finally:
         watcher.stop()
         log("cleaning up")
-        cleanup(envs, core, custom, operator_env, log)
+        release_runs(envs, core, custom, log)
         api.close()
 
     with watcher.lock:

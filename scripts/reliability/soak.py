@@ -28,14 +28,19 @@ def rss_mib(pid: int) -> float:
 TRANSIENT = (429, 500, 503, 504)  # an overloaded API server; the soak waits and asks again
 
 
-def retried(call, attempts: int = 6):
+def transient(exc: Exception) -> bool:
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
+    return isinstance(exc, HTTPError) or (isinstance(exc, ApiException) and exc.status in TRANSIENT)
+
+
+def retried(call, attempts: int = 6):
     for attempt in range(attempts):
         try:
             return call()
-        except ApiException as exc:
-            if exc.status not in TRANSIENT or attempt == attempts - 1:
+        except Exception as exc:
+            if not transient(exc) or attempt == attempts - 1:
                 raise
             time.sleep(5.0)
 
@@ -54,6 +59,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warmup-minutes", type=float, default=None, help="default: a third of --minutes")
     p.add_argument("--sample-seconds", type=float, default=5.0)
     p.add_argument("--train-seconds", type=float, default=3.0)
+    p.add_argument("--poll-seconds", type=float, default=10.0,
+                   help="how often the soak lists the runs (a list of 500 is ~10 MB: polled every second it is "
+                        "the API server's heaviest load, not the operator's)")
     args = p.parse_args(argv)
     warmup = 60 * (args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 3)
 
@@ -84,13 +92,16 @@ def main(argv: list[str]) -> int:
         while time.monotonic() - t0 < 60 * args.minutes:
             if env.proc.poll() is not None:
                 raise SystemExit(f"operator exited with {env.proc.returncode}; log {env.log_path}")
-            if time.monotonic() >= next_sample:
+            while time.monotonic() >= next_sample:
                 samples.append((time.monotonic() - t0, rss_mib(env.proc.pid)))
                 next_sample += args.sample_seconds
-            try:
-                items = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL)["items"]
-            except ApiException as exc:
-                if exc.status not in TRANSIENT:
+                print(f"  t={samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MiB  finished {finished}",
+                      file=sys.stderr, flush=True)
+            try:  # resourceVersion 0: served from the API server's watch cache, not a quorum read of etcd
+                items = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL,
+                                                                 resource_version="0")["items"]
+            except Exception as exc:
+                if not transient(exc):
                     raise
                 api_errors += 1
                 time.sleep(5.0)
@@ -109,7 +120,7 @@ def main(argv: list[str]) -> int:
                     slot = int(name.split("-")[1])
                     generation[slot] += 1
                     launch(env, slot)
-            time.sleep(1.0)
+            time.sleep(args.poll_seconds)
 
     after = [(t, r) for t, r in samples if t >= warmup]
     print(f"soak: {args.resources} resources cycling for {args.minutes:g} min: {finished} runs finished "

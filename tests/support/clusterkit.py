@@ -197,20 +197,41 @@ def script_cluster(log=print):
             controlplane.down(log=lambda m: None)
 
 
+def release_runs(envs, core, custom, log=print, timeout: float = 120) -> None:
+    """Delete every run while the operator still runs (it removes its finalizers), stop the operator, strip
+    whatever finalizer is left (it would block the namespace forever) and delete the namespaces."""
+    for env in envs:
+        try:
+            custom.delete_collection_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL)
+        except Exception as exc:  # noqa: BLE001  cleanup goes on; the namespace deletion below still runs
+            log(f"delete runs in {env.ns}: {exc}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            custom.list_namespaced_custom_object(GROUP, VERSION, e.ns, PLURAL)["items"] for e in envs):
+        time.sleep(1)
+    for env in envs:
+        env.stop_operator()
+        for item in custom.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL)["items"]:
+            if item["metadata"].get("finalizers"):
+                custom.patch_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, item["metadata"]["name"],
+                                                      {"metadata": {"finalizers": None}})
+        core.delete_namespace(env.ns)
+        env.api.close()
+
+
 @contextlib.contextmanager
 def scratch_env(cluster, prefix: str):
-    """An Env in a fresh namespace `<prefix>-<random>` with the claim "ws"; operator stopped and namespace
-    deleted on exit."""
+    """An Env in a fresh namespace `<prefix>-<random>` with the claim "ws"; on exit its runs are released and
+    the namespace deleted."""
     from quranft.cluster import controlplane
 
     api = cluster.api_client()
-    core = client.CoreV1Api(api)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     ns = controlplane.create_ready_namespace(core, f"{prefix}-{uuid.uuid4().hex[:8]}")
     env = Env(cluster, ns, Path(tempfile.mkdtemp(prefix=f"quranft-{prefix}-")))
     try:
         env.claim()
         yield env
     finally:
-        env.close()
-        core.delete_namespace(ns)
+        release_runs([env], core, custom)
         api.close()
