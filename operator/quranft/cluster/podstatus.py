@@ -92,9 +92,20 @@ def _condition(kind: str, ok: bool, since: dict[str, str], reason: str | None = 
     return cond
 
 
+AGENT_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
+
+
+def foreign_conditions(server_conditions: list[dict] | None) -> list[dict]:
+    """The pod conditions other components own, e.g. DisruptionTarget (added by the API server on
+    eviction, the scheduler on preemption): the kubelet carries them over into every status it writes."""
+    return [c for c in server_conditions or [] if c.get("type") not in AGENT_CONDITIONS]
+
+
 def pod_status(phase: str, init: list[ContainerRecord], main: list[ContainerRecord], start_time: str,
-               since: dict[str, str], reason: str | None = None, message: str | None = None) -> dict:
-    """The whole status object (sent as a JSON merge patch, so the lists replace the server's)."""
+               since: dict[str, str], reason: str | None = None, message: str | None = None,
+               keep_conditions: list[dict] | None = None) -> dict:
+    """The whole status object (sent as a JSON merge patch, so the lists replace the server's; hence
+    `keep_conditions`, the server's foreign_conditions, go back in unchanged)."""
     initialized = all(c.terminated and c.terminated["exitCode"] == 0 for c in init)
     ready = bool(main) and all(c.running for c in main) and phase == "Running"
     done = phase in ("Succeeded", "Failed")
@@ -104,6 +115,7 @@ def pod_status(phase: str, init: list[ContainerRecord], main: list[ContainerReco
         _condition("Ready", ready, since, "PodCompleted" if done else "ContainersNotReady"),
         _condition("ContainersReady", ready, since, "PodCompleted" if done else "ContainersNotReady"),
         _condition("PodScheduled", True, since),
+        *(dict(c) for c in keep_conditions or []),
     ]
     status = {"phase": phase, "conditions": conditions, "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
               "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": start_time,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import images, volumes
 from .envvars import ContainerConfigError, command_line, container_env
 from .gpus import requested
-from .podstatus import (ContainerRecord, now, pod_phase, pod_status, terminated_state,
+from .podstatus import (ContainerRecord, foreign_conditions, now, pod_phase, pod_status, terminated_state,
                         termination_message)
 from .procs import Proc
 
@@ -337,8 +337,12 @@ class PodWorker(threading.Thread):
     def _push(self) -> None:
         if self.gone:
             return
+        # Without the server's foreign conditions the final Failed status would drop DisruptionTarget, and
+        # a Job's podFailurePolicy (Ignore on DisruptionTarget) would count an evicted pod as a failure.
+        # No race on eviction/preemption: the condition is written before the deletion that makes us push.
+        keep = foreign_conditions((self.pod.get("status") or {}).get("conditions"))
         status = pod_status(self.phase, self.init, self.main, self.start_time, self.since, self.reason,
-                            self.message)
+                            self.message, keep_conditions=keep)
         if status == self._pushed:
             return
         try:
