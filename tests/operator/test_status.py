@@ -193,6 +193,22 @@ def test_resume_count_also_counts_failures_whose_pods_are_gone():
     assert d.status["resumeCount"] == 1
 
 
+def test_resume_count_counts_an_evicted_pod_that_vanished():
+    """An eviction is ignored by the podFailurePolicy (not in `failed`) and the evicted pod is deleted: only
+    the names the operator saw tell that the pod running now is the second one."""
+    first = (pod("p1", running=True, phase="Running", created=EARLIER),)
+    d = derive(SPEC, META, status(ADMITTED, READY), Observed(now=NOW, jobs={"train": job("train", active=1,
+                                                                                         pods=first)}))
+    assert d.status["trainingPods"] == ["p1"] and not d.status.get("resumeCount")
+    second = (pod("p2", running=True, phase="Running", created=NOW),)
+    d2 = derive(SPEC, META, d.status, Observed(now=NOW, jobs={"train": job("train", active=1, pods=second)}))
+    assert d2.status["trainingPods"] == ["p1", "p2"] and d2.status["resumeCount"] == 1
+    # Seeing the same pod again changes nothing; a deleted pod also counted in `failed` is not counted twice.
+    d3 = derive(SPEC, META, d2.status, Observed(now=NOW, jobs={"train": job("train", active=1, failed=1,
+                                                                              pods=second)}))
+    assert d3.status["resumeCount"] == 1
+
+
 def test_last_transition_time_moves_only_on_status_flip():
     old = status(ADMITTED, dict(READY, lastTransitionTime="2020-01-01T00:00:00Z"))
     d = derive(SPEC, META, old, Observed(now=NOW))

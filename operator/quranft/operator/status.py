@@ -21,6 +21,8 @@ REASON_BY_EXIT = {2: "ConfigError", 3: "DataError", 4: "TrainingError", 5: "Envi
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 PERMANENT_WAIT_REASONS = {"InvalidImageName", "ErrImageNeverPull"}
 # Conditions that call for the user's attention are emitted as Warning events.
+# Bounds status.trainingPods (a run evicted more often than this counts further by the Job's failures only).
+MAX_TRAINING_PODS = 100
 WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted"}
 # A finished Job's pod status may reach us (separate watch) a moment after the Job's; wait this long.
 OBSERVATION_GRACE = timedelta(seconds=20)
@@ -439,10 +441,15 @@ def _display(progress: dict[str, Any]) -> None:
 
 def _resumes(p: _Pass, job: JobView) -> None:
     """Every training pod after the first resumed from a checkpoint (preemption, eviction, retry)."""
-    # Deleted pods vanish once the Job controller has counted them, so its `failed` counter is kept too
-    # (less the final failure when the Job itself failed).
+    # Evicted and deleted pods vanish, and an eviction is not in the Job's `failed` counter (podFailurePolicy
+    # ignores it), so the names of the training pods seen so far are kept in the status. A pod deleted before
+    # any pass saw it is still in `failed` (less the final failure when the Job itself failed).
+    seen = list(p.new.get("trainingPods") or [])
+    seen += [pod.name for pod in sorted(job.pods, key=lambda pod: pod.created or p.obs.now) if pod.name not in seen]
+    if seen:
+        p.new["trainingPods"] = seen[:MAX_TRAINING_PODS]
     counted_failures = job.failed - (1 if job.failed_reason else 0)
-    restarted = max(0, len(job.pods) - 1, counted_failures)
+    restarted = max(0, len(seen) - 1, counted_failures)
     if restarted > int(p.new.get("resumeCount") or 0):
         p.new["resumeCount"] = restarted
     disrupted = [pod.name for pod in job.pods if pod.disrupted]
