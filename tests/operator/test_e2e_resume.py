@@ -5,9 +5,7 @@ training passes step 40 the test deletes the training pod (SIGTERM -> checkpoint
 next pod must resume from that checkpoint, not from step 0, and the run must still reach its verdict."""
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 from clusterkit import Env
-from kubernetes import client
+from trainkit import EXAMPLE, RESUMING, ROOT, pod_log, progress_steps, train_pods
 
-from quranft.trainer.metrics import PROGRESS_PREFIX
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "manifests" / "examples" / "cpu-stub-ctc.yaml"
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 EVERY, KILL_AFTER = 20, 40
-RESUMING = re.compile(r"train: resuming from \S+ \(step (\d+)\)")
 
 
 def resume_example(path: Path) -> str:
@@ -34,25 +27,6 @@ def resume_example(path: Path) -> str:
     run["spec"]["training"].update(maxSteps=200, checkpointEveryNSteps=EVERY)
     path.write_text(yaml.safe_dump_all(docs))
     return run["metadata"]["name"]
-
-
-def progress_steps(log: str) -> list[int]:
-    return [json.loads(line[len(PROGRESS_PREFIX):])["step"] for line in log.splitlines()
-            if line.startswith(PROGRESS_PREFIX)]
-
-
-def train_pods(env: Env, name: str) -> list:
-    jobs = env.jobs(name, "train")
-    if not jobs:
-        return []
-    return env.core.list_namespaced_pod(env.ns, label_selector=f"job-name={jobs[0].metadata.name}").items
-
-
-def pod_log(env: Env, pod: str) -> str:
-    try:
-        return env.core.read_namespaced_pod_log(pod, env.ns)
-    except client.ApiException:
-        return ""
 
 
 def test_killed_training_pod_resumes_from_its_checkpoint(cluster, namespace, tmp_path):

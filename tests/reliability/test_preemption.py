@@ -7,7 +7,7 @@
 2. SIGKILL while a checkpoint is being saved: the leftover `.step-*.ckpt.tmp-<pid>` is ignored and the
    retried pod resumes from the newest complete checkpoint, with no load error.
 
-tests/operator/test_e2e_resume.py covers a plain pod deletion; its helpers are reused here.
+tests/operator/test_e2e_resume.py covers a plain pod deletion; both use tests/support/trainkit.py.
 """
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ from clusterkit import Env, condition
 from kubernetes import client, watch
 
 # The resume e2e's helpers (example, logs, training pods) are reused from its module, not copied.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-from test_e2e_resume import EXAMPLE, RESUMING, ROOT, pod_log, progress_steps, train_pods  # noqa: E402
+from trainkit import EXAMPLE, RESUMING, ROOT, pod_log, progress_steps, train_pods
 
 from quranft.cluster.procs import start_time
 from quranft.operator.builders import LABEL_RUN, LABEL_STAGE
@@ -155,6 +154,7 @@ def test_evicted_training_pod_is_retried_uncounted_and_resumes(cluster, namespac
         preempted = condition(env.get(name), "Preempted")
         assert preempted and preempted["status"] == "True", env.get(name)["status"].get("conditions")
         assert len(env.jobs(name, "train")) == 1
+        assert status.get("resumeCount") == 1, status  # the evicted pod vanished; its name was kept
     finally:
         pod_watch.stop()
         stop_demo(demo)
