@@ -4,7 +4,7 @@
    (backoffLimit 0, so a counted failure would fail the Job), the new pod resumes from the SIGTERM
    checkpoint and the run reaches its verdict. (This found that the embedded node agent dropped
    DisruptionTarget from the pod's final status; see tests/cluster/test_eviction.py.)
-2. SIGKILL while a checkpoint is being saved: the leftover `.step-*.ckpt.tmp-<pid>` is ignored and the
+2. SIGKILL while a checkpoint is being saved: the leftover `.step-*.ckpt.tmp-<pid>` is ignored (then removed) and the
    retried pod resumes from the newest complete checkpoint, with no load error.
 
 tests/operator/test_e2e_resume.py covers a plain pod deletion; both use tests/support/trainkit.py.
@@ -224,7 +224,8 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous_complete_checkpoi
                     return None
                 raise
             return Path(env.core.read_persistent_volume(volume).spec.host_path.path) if volume else None
-        ckpt_dir = env.wait(workspace_dir, 300, "the workspace volume bound", interval=2) / "runs" / name / "checkpoints"
+        workspace = env.wait(workspace_dir, 300, "the workspace volume bound", interval=2)
+        ckpt_dir = workspace / "runs" / name / "checkpoints"
         print(f"checkpoints on the host: {ckpt_dir}")
 
         killed: list[str] = []  # pod uids
@@ -303,7 +304,9 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous_complete_checkpoi
         print(f"job {job.metadata.name}: failed={job.status.failed} succeeded={job.status.succeeded}; "
               f"resumeCount={status.get('resumeCount')}; total {time.monotonic() - t0:.0f}s")
         assert job.status.succeeded == 1 and job.status.failed == len(killed)
-        assert (ckpt_dir / tmp_name).exists()  # never mistaken for a checkpoint, never renamed into one
+        # The retried trainer deleted the stray temp file (never read as a checkpoint, never renamed into one).
+        assert f"train: removed {tmp_name}, left by a writer that was killed" in log
+        assert not (ckpt_dir / tmp_name).exists()
     finally:
         stop_demo(demo)
         env.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -17,7 +18,7 @@ import pytest
 
 from fixtures_model import (cli_command, prepared_workspace, start_cli, synth_112, wait_for,  # noqa: F401
                             write_config, run_config)
-from quranft.trainer.checkpoints import latest_checkpoint, list_checkpoints
+from quranft.trainer.checkpoints import latest_checkpoint, list_checkpoints, remove_stale_temps
 from quranft.trainer.config import RunConfig
 from quranft.trainer.metrics import PROGRESS_PREFIX
 
@@ -197,6 +198,17 @@ def test_latest_checkpoint_skips_temp_and_damaged_files(tmp_path):
     (tmp_path / "step-00000030.ckpt").write_bytes(good.read_bytes()[:100])  # truncated after a rename
     assert latest_checkpoint(tmp_path) == (10, good)
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_stale_temp_checkpoints_are_removed_and_nothing_else(tmp_path):
+    ours = tmp_path / f".step-00000030.ckpt.tmp-{os.getpid()}"  # this process's own write in progress
+    keep = [tmp_path / "step-00000010.ckpt", tmp_path / "notes.txt", ours]
+    stale = [tmp_path / ".step-00000020.ckpt.tmp-123", tmp_path / ".step-00000040.ckpt.tmp-9"]
+    for path in keep + stale:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert remove_stale_temps(tmp_path / "missing") == []
 
 
 def _progress_step(run_dir: Path) -> int:

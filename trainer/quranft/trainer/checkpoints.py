@@ -16,6 +16,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 _NAME = re.compile(r"^step-(\d{8})\.ckpt$")
+_TEMP = re.compile(r"^\.step-\d{8}\.ckpt\.tmp-\d+$")
 KEEP = 2  # the newest two: if the newest turns out unreadable we can still fall back
 
 
@@ -45,6 +46,17 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
         if is_readable(path):
             return step, path
     return None
+
+
+def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
+    """Delete temp files a killed writer left (one run has one trainer at a time: Job parallelism 1); each
+    can be as big as a checkpoint."""
+    if not ckpt_dir.is_dir():
+        return []
+    stale = [p for p in ckpt_dir.iterdir() if _TEMP.match(p.name) and not p.name.endswith(f".tmp-{os.getpid()}")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def save_atomic(trainer, ckpt_dir: Path) -> Path:

@@ -77,7 +77,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
 
     from quranft.trainer import model as modelmod
     from quranft.trainer.callbacks import KeepFrozenInEval, Telemetry
-    from quranft.trainer.checkpoints import StepCheckpoint, latest_checkpoint
+    from quranft.trainer.checkpoints import StepCheckpoint, latest_checkpoint, remove_stale_temps
     from quranft.trainer.ctc_only import enable_ctc_only
     from quranft.trainer.doctor import check_mode
     from quranft.trainer.metrics import ProgressReporter, TrainingMetrics, metric_labels
@@ -133,6 +133,8 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
     )
     model.set_trainer(trainer)
 
+    for stale in remove_stale_temps(ckpt_dir):
+        log(f"train: removed {stale.name}, left by a writer that was killed")
     resume = latest_checkpoint(ckpt_dir)
     resumed_from = resume[0] if resume else None
     if resume:
