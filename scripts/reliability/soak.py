@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,63 @@ def retried(call, attempts: int = 6):
             time.sleep(5.0)
 
 
+class PhaseWatch:
+    """Follows the runs' phases in a thread; `finished()` hands out each run that reached Succeeded/Failed once."""
+
+    def __init__(self, env):
+        self.env, self.restarts = env, 0
+        self._done: dict[str, str] = {}
+        self._handed: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # The namespace is still empty: this list is cheap and gives the watch its starting point.
+        from clusterkit import GROUP, PLURAL, VERSION
+        self._args = (GROUP, VERSION, env.ns, PLURAL)
+        self._rv = env.custom.list_namespaced_custom_object(*self._args, limit=1)["metadata"]["resourceVersion"]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(self.env.custom.list_namespaced_custom_object, *self._args,
+                                                  resource_version=self._rv, timeout_seconds=30,
+                                                  allow_watch_bookmarks=True):
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch error: {event['object']}")
+                    self._note(event["object"], event["type"])
+                    if self._stop.is_set():
+                        return
+            except Exception:  # noqa: BLE001  broken or expired: catch up with one (slow) full list
+                self.restarts += 1
+                time.sleep(1.0)
+                try:
+                    listing = self.env.custom.list_namespaced_custom_object(*self._args, _request_timeout=600)
+                    for obj in listing["items"]:
+                        self._note(obj, "LISTED")
+                    self._rv = listing["metadata"]["resourceVersion"]
+                except Exception:  # noqa: BLE001  try again on the next round
+                    pass
+
+    def _note(self, obj: dict, kind: str) -> None:
+        self._rv = obj["metadata"].get("resourceVersion", self._rv)
+        phase = (obj.get("status") or {}).get("phase")
+        if kind != "DELETED" and phase in ("Succeeded", "Failed") and not obj["metadata"].get("deletionTimestamp"):
+            with self._lock:
+                self._done.setdefault(obj["metadata"]["name"], phase)
+
+    def finished(self) -> list[tuple[str, str]]:
+        with self._lock:
+            new = [(n, p) for n, p in self._done.items() if n not in self._handed]
+            self._handed.update(n for n, _ in new)
+        return new
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:
     if len(samples) < 3:
         return float("nan")
@@ -59,13 +117,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--warmup-minutes", type=float, default=None, help="default: a third of --minutes")
     p.add_argument("--sample-seconds", type=float, default=5.0)
     p.add_argument("--train-seconds", type=float, default=3.0)
-    p.add_argument("--poll-seconds", type=float, default=10.0,
-                   help="how often the soak lists the runs (a list of 500 is ~10 MB: polled every second it is "
-                        "the API server's heaviest load, not the operator's)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often finished runs are replaced")
     args = p.parse_args(argv)
     warmup = 60 * (args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 3)
 
-    from clusterkit import GROUP, PLURAL, VERSION, resource, scratch_env, script_cluster, stub_commands
+    from clusterkit import resource, scratch_env, script_cluster, stub_commands
     from kubernetes.client.exceptions import ApiException
 
     commands = stub_commands(prepare_seconds=0.5, train_seconds=args.train_seconds, bench_seconds=0.5)
@@ -84,6 +140,8 @@ def main(argv: list[str]) -> int:
                 raise
 
     with script_cluster() as cluster, scratch_env(cluster, "soak") as env:
+        # Phases come from a watch: a list of 500 runs takes the loaded embedded API server over a minute.
+        phases = PhaseWatch(env)
         env.start_operator()
         for slot in range(args.resources):
             launch(env, slot)
@@ -97,34 +155,24 @@ def main(argv: list[str]) -> int:
                 next_sample += args.sample_seconds
                 print(f"  t={samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MiB  finished {finished}",
                       file=sys.stderr, flush=True)
-            try:  # resourceVersion 0: served from the API server's watch cache, not a quorum read of etcd
-                items = env.custom.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL,
-                                                                 resource_version="0")["items"]
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                api_errors += 1
-                time.sleep(5.0)
-                continue
-            for item in items:
-                phase = (item.get("status") or {}).get("phase")
-                name = item["metadata"]["name"]
-                if phase in ("Succeeded", "Failed") and not item["metadata"].get("deletionTimestamp"):
-                    finished += 1
-                    failed += phase == "Failed"
-                    try:
-                        retried(lambda: env.delete(name))
-                    except ApiException as exc:
-                        if exc.status != 404:
-                            raise
-                    slot = int(name.split("-")[1])
-                    generation[slot] += 1
-                    launch(env, slot)
+            for name, phase in phases.finished():
+                finished += 1
+                failed += phase == "Failed"
+                try:
+                    retried(lambda: env.delete(name))
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                slot = int(name.split("-")[1])
+                generation[slot] += 1
+                launch(env, slot)
             time.sleep(args.poll_seconds)
+        api_errors = phases.restarts
+        phases.stop()
 
     after = [(t, r) for t, r in samples if t >= warmup]
     print(f"soak: {args.resources} resources cycling for {args.minutes:g} min: {finished} runs finished "
-          f"({failed} Failed), {len(samples)} RSS samples, {api_errors} API errors answered by the soak's own lists")
+          f"({failed} Failed), {len(samples)} RSS samples, {api_errors} restarts of the soak's own watch")
     for t, r in samples[:: max(1, len(samples) // 12)]:
         print(f"  t={t:6.0f} s  RSS {r:7.1f} MiB")
     print(f"  RSS first {samples[0][1]:.1f} MiB, last {samples[-1][1]:.1f} MiB, peak {max(r for _, r in samples):.1f} MiB")

@@ -206,8 +206,8 @@ def release_runs(envs, core, custom, log=print, timeout: float = 120) -> None:
         except Exception as exc:  # noqa: BLE001  cleanup goes on; the namespace deletion below still runs
             log(f"delete runs in {env.ns}: {exc}")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(
-            custom.list_namespaced_custom_object(GROUP, VERSION, e.ns, PLURAL)["items"] for e in envs):
+    while time.monotonic() < deadline and any(  # limit=1: a full list of hundreds of runs is slow to serve
+            custom.list_namespaced_custom_object(GROUP, VERSION, e.ns, PLURAL, limit=1)["items"] for e in envs):
         time.sleep(1)
     for env in envs:
         env.stop_operator()
