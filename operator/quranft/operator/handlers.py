@@ -128,6 +128,7 @@ def on_delete(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) ->
     memo.admission.forget((namespace, name))
     memo.metrics.forget(uid)
     memo.progress_read.pop(uid, None)
+    memo.locks.pop(uid, None)
 
 
 # --- one reconcile pass -----------------------------------------------------------------------------------------
