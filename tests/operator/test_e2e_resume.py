@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clusterkit import Env
-from trainkit import EXAMPLE, RESUMING, ROOT, pod_log, progress_steps, train_pods
+from trainkit import EXAMPLE, RESUMING, ROOT, pod_log, progress_steps, resumed_pod, train_pods, training_past
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -40,28 +40,14 @@ def test_killed_training_pod_resumes_from_its_checkpoint(cluster, namespace, tmp
                                  "--example", str(example), "--timeout", "780"],
                                 env=pyenv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        def running_past_kill_step():
-            for pod in train_pods(env, name):
-                if pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None:
-                    steps = progress_steps(pod_log(env, pod.metadata.name))
-                    if steps and steps[-1] >= KILL_AFTER:
-                        return pod.metadata.name, steps[-1]
-            assert demo.poll() is None, demo_log.read_text()[-4000:]
-            return None
-        first, kill_step = env.wait(running_past_kill_step, 600, f"training past step {KILL_AFTER}", interval=2)
-        env.core.delete_namespaced_pod(first, namespace)
-        print(f"deleted training pod {first} at step {kill_step}")
+        first, kill_step = env.wait(training_past(env, name, KILL_AFTER, demo, demo_log), 600,
+                                    f"training past step {KILL_AFTER}", interval=2)
+        env.core.delete_namespaced_pod(first.metadata.name, namespace)
+        print(f"deleted training pod {first.metadata.name} at step {kill_step}")
 
-        def resumed_pod():
-            for pod in train_pods(env, name):
-                if pod.metadata.name != first:
-                    log = pod_log(env, pod.metadata.name)
-                    if RESUMING.search(log) and progress_steps(log):
-                        return pod.metadata.name, log
-            assert demo.poll() is None, demo_log.read_text()[-4000:]
-            return None
         try:
-            second, log = env.wait(resumed_pod, 240, "a new training pod resuming from a checkpoint", interval=2)
+            second, log = env.wait(resumed_pod(env, name, {first.metadata.uid}, demo, demo_log), 240,
+                                   "a new training pod resuming from a checkpoint", interval=2)
         except AssertionError:
             for job in env.jobs(name, "train"):
                 print("job status:", job.status)

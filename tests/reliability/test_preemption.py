@@ -29,7 +29,7 @@ from clusterkit import Env, condition
 from kubernetes import client, watch
 
 # The resume e2e's helpers (example, logs, training pods) are reused from its module, not copied.
-from trainkit import EXAMPLE, RESUMING, ROOT, pod_log, progress_steps, train_pods
+from trainkit import EXAMPLE, RESUMING, ROOT, progress_steps, resumed_pod, train_pods, training_past
 
 from quranft.cluster.procs import start_time
 from quranft.operator.builders import LABEL_RUN, LABEL_STAGE
@@ -101,29 +101,15 @@ def test_evicted_training_pod_is_retried_uncounted_and_resumes(cluster, namespac
     demo = start_demo(namespace, tmp_path / "evict.yaml", demo_log, 780)
     seen, pod_watch = follow_pods(env, f"{LABEL_RUN}={name},{LABEL_STAGE}=train")
     try:
-        def running_past_evict_step():
-            for pod in train_pods(env, name):
-                if pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None:
-                    steps = progress_steps(pod_log(env, pod.metadata.name))
-                    if steps and steps[-1] >= evict_after:
-                        return pod, steps[-1]
-            assert demo.poll() is None, demo_log.read_text()[-4000:]
-            return None
-        first, evict_step = env.wait(running_past_evict_step, 600, f"training past step {evict_after}", interval=2)
+        first, evict_step = env.wait(training_past(env, name, evict_after, demo, demo_log), 600,
+                                     f"training past step {evict_after}", interval=2)
         t_evict = time.monotonic()
         env.core.create_namespaced_pod_eviction(first.metadata.name, namespace, client.V1Eviction(
             metadata=client.V1ObjectMeta(name=first.metadata.name, namespace=namespace)))
         print(f"evicted {first.metadata.name} at step {evict_step}, {t_evict - t0:.0f}s after start")
 
-        def resumed_pod():
-            for pod in train_pods(env, name):
-                if pod.metadata.uid != first.metadata.uid:
-                    log = pod_log(env, pod.metadata.name)
-                    if RESUMING.search(log) and progress_steps(log):
-                        return pod.metadata.name, log
-            assert demo.poll() is None, demo_log.read_text()[-4000:]
-            return None
-        second, log = env.wait(resumed_pod, 300, "a new training pod resuming from a checkpoint", interval=2)
+        second, log = env.wait(resumed_pod(env, name, {first.metadata.uid}, demo, demo_log), 300,
+                               "a new training pod resuming from a checkpoint", interval=2)
         resumed_step, first_step = int(RESUMING.search(log).group(1)), progress_steps(log)[0]
         print(f"new pod {second} resumed from step {resumed_step} (first progress step {first_step}), "
               f"{time.monotonic() - t_evict:.0f}s after the eviction")
@@ -277,15 +263,8 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous_complete_checkpoi
         tmp_name, target_step, newest, t_kill = caught
         assert newest < target_step and not (ckpt_dir / f"step-{target_step:08d}.ckpt").exists()
 
-        def resumed_pod():
-            for pod in train_pods(env, name):
-                if pod.metadata.uid not in killed:
-                    log = pod_log(env, pod.metadata.name)
-                    if RESUMING.search(log) and progress_steps(log):
-                        return pod.metadata.name, log
-            assert demo.poll() is None, demo_log.read_text()[-4000:]
-            return None
-        second, log = env.wait(resumed_pod, 300, "the retried pod resuming", interval=2)
+        second, log = env.wait(resumed_pod(env, name, set(killed), demo, demo_log), 300, "the retried pod resuming",
+                               interval=2)
         resumed_step = int(RESUMING.search(log).group(1))
         print(f"retried pod {second} resumed from step {resumed_step} (newest complete at the kill: {newest}; "
               f"the interrupted write was step {target_step}), {time.monotonic() - t_kill:.0f}s after the kill")

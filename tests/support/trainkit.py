@@ -32,3 +32,31 @@ def pod_log(env, pod: str) -> str:
         return env.core.read_namespaced_pod_log(pod, env.ns)
     except client.ApiException:
         return ""
+
+
+def training_past(env, name: str, step: int, demo, demo_log: Path):
+    """A predicate for env.wait: (pod, last step) once a running training pod has logged `step` or more; fails
+    at once if the `quranft demo` process driving the run has exited."""
+    def check():
+        for pod in train_pods(env, name):
+            if pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None:
+                steps = progress_steps(pod_log(env, pod.metadata.name))
+                if steps and steps[-1] >= step:
+                    return pod, steps[-1]
+        assert demo.poll() is None, demo_log.read_text()[-4000:]
+        return None
+    return check
+
+
+def resumed_pod(env, name: str, gone_uids, demo, demo_log: Path):
+    """A predicate for env.wait: (pod name, log) once a training pod other than `gone_uids` logged that it
+    resumed from a checkpoint and made progress."""
+    def check():
+        for pod in train_pods(env, name):
+            if pod.metadata.uid not in gone_uids:
+                log = pod_log(env, pod.metadata.name)
+                if RESUMING.search(log) and progress_steps(log):
+                    return pod.metadata.name, log
+        assert demo.poll() is None, demo_log.read_text()[-4000:]
+        return None
+    return check
