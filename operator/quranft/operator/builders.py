@@ -224,15 +224,12 @@ def _resources(spec: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return out
 
 
-def _env(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
+def _env(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
         {"name": "QURANFT_RUN", "value": meta["name"]},
         {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
         {"name": "HOME", "value": "/tmp"},
     ]
-    if spec.get("hubTokenSecretRef"):
-        env.append({"name": "HF_TOKEN_PATH", "value": HUB_TOKEN_FILE})
-    return env
 
 
 RESTRICTED_CONTAINER_SECURITY = {
@@ -259,7 +256,7 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "image": stage_image(spec, stage, settings),
         "imagePullPolicy": images.get("pullPolicy") or settings.image_pull_policy,
         "command": stage_command(stage, spec, meta, settings, **bench_kwargs),
-        "env": _env(spec, meta),
+        "env": _env(meta),
         "resources": _resources(spec, stage),
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE},
@@ -297,6 +294,7 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
         pod["volumes"].append({"name": "hub-token", "secret": {
             "secretName": ref["name"], "items": [{"key": ref.get("key", "token"), "path": "token"}]}})
         container["volumeMounts"].append({"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True})
+        container["env"].append({"name": "HF_TOKEN_PATH", "value": HUB_TOKEN_FILE})
     if tolerations:
         pod["tolerations"] = tolerations
     if node_selector:

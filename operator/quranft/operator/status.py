@@ -20,9 +20,9 @@ MAX_MESSAGE_BYTES = 4096  # the kubelet's termination-message limit
 REASON_BY_EXIT = {2: "ConfigError", 3: "DataError", 4: "TrainingError", 5: "EnvironmentError"}
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 PERMANENT_WAIT_REASONS = {"InvalidImageName", "ErrImageNeverPull"}
-# Conditions that call for the user's attention are emitted as Warning events.
 # Bounds status.trainingPods (a run evicted more often than this counts further by the Job's failures only).
 MAX_TRAINING_PODS = 100
+# Conditions that call for the user's attention are emitted as Warning events.
 WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted"}
 # A finished Job's pod status may reach us (separate watch) a moment after the Job's; wait this long.
 OBSERVATION_GRACE = timedelta(seconds=20)
