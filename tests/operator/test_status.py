@@ -52,6 +52,11 @@ VERDICT = {"ok": True, "stage": "benchmark", "verdict": "improvement",
            "deltas": {"recall": 0.4}, "targets": {"recall": {"target": 0.95, "value": 0.9, "pass": False}},
            "resultsPath": "/workspace/runs/v3/benchmark/latest.json"}
 
+PAIRED_NEUTRAL = {**VERDICT, "verdict": "neutral", "reason": "Inconclusive", "rule": "paired", "verdictHead": "rnnt",
+                  "primaryMetric": "recall", "display": {"recall": "+1.9 ±3.8"}, "requiredClips": 212,
+                  "intervals": {"recall": [-0.019, 0.057]}, "leakage": {"exactAudio": 3, "sameReciterVerse": 0,
+                                                                         "excluded": 3}}
+
 CASES = [
     # (id, old status, observed kwargs, expected phase, expected action, {condition: (status, reason)})
     ("fresh", {}, {}, "PreparingData", "prepare", {"DataReady": ("False", "Preparing"),
@@ -106,6 +111,13 @@ CASES = [
     ("verdict", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark", complete=True,
      completion_time=NOW, pods=(ok_pod(VERDICT),))}}, "Succeeded", None,
      {"Benchmarked": ("True", "Benchmarked"), "Improved": ("True", "Improvement")}),
+    ("verdict-inconclusive-leaked", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
+     complete=True, completion_time=NOW, pods=(ok_pod(PAIRED_NEUTRAL),))}}, "Succeeded", None,
+     {"Improved": ("False", "Inconclusive"), "BenchmarkLeakage": ("True", "BenchmarkLeakage")}),
+    ("baseline-on-another-corpus", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
+     failed_reason="PodFailurePolicy", pods=(failed_pod(2, json.dumps(
+         {"ok": False, "stage": "benchmark", "reason": "CorpusMismatch", "message": "other corpus"})),))}},
+     "Failed", None, {"Failed": ("True", "CorpusMismatch")}),
     ("verdict-unparseable", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
      complete=True, completion_time=NOW, pods=(ok_pod("all good, no json"),))}}, "Failed", None,
      {"VerdictUnparseable": ("True", "VerdictUnparseable")}),
@@ -249,3 +261,14 @@ def test_views_parse_api_objects():
                   "status": {"active": 1, "conditions": [{"type": "Failed", "status": "True",
                                                           "reason": "DeadlineExceeded"}]}})
     assert (j.stage, j.generation, j.failed_reason, j.finished) == ("train", 2, "DeadlineExceeded", True)
+
+
+def test_paired_verdict_lands_in_status_with_its_interval_and_leak_warning():
+    done = job("benchmark", complete=True, completion_time=NOW, pods=(ok_pod(PAIRED_NEUTRAL),))
+    out = derive(SPEC, META, status(ADMITTED, READY, TRAINED), Observed(now=NOW, jobs={"benchmark": done})).status
+    bench = out["benchmark"]
+    assert bench["deltaDisplay"] == "+1.9 ±3.8" and bench["verdictHead"] == "rnnt"
+    assert bench["leakage"]["excluded"] == 3 and bench["requiredClips"] == 212
+    assert "212 paired clips" in cond(out, "Improved")["message"]
+    kinds = {reason: kind for kind, reason, _ in transition_events(status(ADMITTED, READY, TRAINED), out)}
+    assert kinds["BenchmarkLeakage"] == "Warning"

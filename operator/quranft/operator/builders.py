@@ -172,10 +172,18 @@ def benchmark_args(spec: Mapping[str, Any], meta: Mapping[str, Any], model_path:
                    baseline_results: str | None = None) -> list[str]:
     """`quranft benchmark run` flags for this resource (the baseline comes from spec.benchmark.baseline)."""
     bench = spec.get("benchmark") or {}
+    training = spec.get("training") or {}
     run_dir = f"{WORKSPACE}/runs/{meta['name']}"
-    args = ["--model", model_path or f"{run_dir}/model.nemo",
-            "--corpus", bench.get("corpusPath", f"{WORKSPACE}/corpus"),
-            "--out", f"{run_dir}/benchmark", "--name", meta["name"]]
+    corpus = dict(bench.get("corpus") or {"path": bench.get("corpusPath", f"{WORKSPACE}/corpus")})
+    if set(corpus) == {"path"}:
+        corpus_args = ["--corpus", corpus["path"]]
+    else:  # a dataset split: the benchmark prepares it once under <workspace>/corpora/<hash>/
+        corpus_args = ["--corpus-spec", json.dumps(corpus, sort_keys=True, separators=(",", ":"))]
+    args = ["--model", model_path or f"{run_dir}/model.nemo", *corpus_args,
+            "--workspace", WORKSPACE, "--training-data", f"{WORKSPACE}/data/{spec_data_hash(spec)}",
+            "--out", f"{run_dir}/benchmark", "--name", meta["name"],
+            "--mode", str(training.get("mode", "ctcOnly")),
+            "--batch-size", str(bench.get("batchSize") or (16 if stage_gpus(spec, "benchmark") else 4))]
     baseline = bench.get("baseline") or {"baseModel": True}
     if baseline.get("resultsPath"):
         args += ["--baseline", baseline["resultsPath"]]
@@ -183,15 +191,19 @@ def benchmark_args(spec: Mapping[str, Any], meta: Mapping[str, Any], model_path:
         args += ["--baseline", baseline_results
                  or f"{WORKSPACE}/runs/{baseline['qftRef']['name']}/benchmark/latest.json"]
     elif baseline.get("baseModel"):
-        args += ["--baseline-model", str((spec.get("training") or {}).get("baseModel", "")),
-                 "--baseline-name", "base"]
+        args += ["--baseline-model", str(training.get("baseModel", "")), "--baseline-name", "base"]
+    if bench.get("excludeLeaked") is False:
+        args.append("--include-leaked")
     # spec field -> flag of `quranft benchmark run` (same units: points, fractions, seconds, MB)
     for section, key, flag in (("tolerances", "tolerance", "--tolerance"), ("tolerances", "minGain", "--min-gain"),
                                ("tolerances", "latencyTolerance", "--latency-tolerance"),
                                ("tolerances", "latencyToleranceAbs", "--latency-tolerance-abs"),
                                ("targets", "recall", "--target-recall"), ("targets", "sizeMB", "--target-size-mb"),
-                               ("targets", "latencySeconds", "--target-latency")):
-        value = (bench.get(section) or {}).get(key)
+                               ("targets", "latencySeconds", "--target-latency"),
+                               (None, "decoder", "--decoder"), (None, "verdictHead", "--verdict-head"),
+                               (None, "verdictRule", "--verdict-rule"), (None, "primaryMetric", "--primary-metric"),
+                               (None, "latencySamples", "--latency-samples"), (None, "seed", "--seed")):
+        value = (bench.get(section) or {}).get(key) if section else bench.get(key)
         if value is not None:
             args += [flag, str(value)]
     return args

@@ -23,7 +23,11 @@ PERMANENT_WAIT_REASONS = {"InvalidImageName", "ErrImageNeverPull"}
 # Bounds status.trainingPods (a run evicted more often than this counts further by the Job's failures only).
 MAX_TRAINING_PODS = 100
 # Conditions that call for the user's attention are emitted as Warning events.
-WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted"}
+WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted", "BenchmarkLeakage"}
+# The benchmark summary's keys kept in status.benchmark (docs/contracts.md, benchmark termination message).
+BENCHMARK_STATUS_KEYS = ("metrics", "baseline", "deltas", "targets", "resultsPath", "reportPath", "reason", "rule",
+                         "verdictHead", "primaryMetric", "intervals", "display", "sequenceTest", "requiredClips",
+                         "pairedClips", "heads", "corpus", "leakage", "artifact", "throughput")
 # A finished Job's pod status may reach us (separate watch) a moment after the Job's; wait this long.
 OBSERVATION_GRACE = timedelta(seconds=20)
 CONDITION_MESSAGE_LIMIT = 2048
@@ -403,16 +407,37 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
 def _verdict(p: _Pass, summary: Mapping[str, Any]) -> Derived:
     verdict = str(summary.get("verdict"))
     p.new["verdict"] = verdict
-    p.new["benchmark"] = {k: summary.get(k) for k in ("metrics", "baseline", "deltas", "targets", "resultsPath")
-                          if summary.get(k) is not None}
+    bench = {k: summary[k] for k in BENCHMARK_STATUS_KEYS if summary.get(k) is not None}
+    primary = str(summary.get("primaryMetric") or "recall")
+    if (summary.get("display") or {}).get(primary):
+        bench["deltaDisplay"] = str(summary["display"][primary])
+    p.new["benchmark"] = bench
     metrics = summary.get("metrics") or {}
     p.cond("Benchmarked", True, "Benchmarked",
-           f"recall {metrics.get('recall')}, sequenceAccuracy {metrics.get('sequenceAccuracy')}")
+           f"recall {metrics.get('recall')}, sequenceAccuracy {metrics.get('sequenceAccuracy')} "
+           f"({summary.get('verdictHead') or 'ctc'} head)")
     reason = {"improvement": "Improvement", "regression": "Regression"}.get(verdict, "Neutral")
-    p.cond("Improved", verdict == "improvement", reason, f"verdict {verdict} against the baseline")
+    if verdict == "neutral" and summary.get("reason") in ("Inconclusive", "NoBaseline"):
+        reason = str(summary["reason"])
+    p.cond("Improved", verdict == "improvement", reason, _verdict_message(verdict, summary, primary))
+    leakage = summary.get("leakage") or {}
+    leaked = int(leakage.get("exactAudio") or 0) + int(leakage.get("sameReciterVerse") or 0)
+    if leaked:
+        p.cond("BenchmarkLeakage", True, "BenchmarkLeakage",
+               f"{leakage.get('exactAudio', 0)} corpus clip(s) are exact audio duplicates of training/validation "
+               f"clips ({leakage.get('excluded', 0)} left out of the scores) and {leakage.get('sameReciterVerse', 0)} "
+               "have the same reciter on the same verse there; the scores may be inflated")
     p.new["phase"] = "Succeeded"
     p.new["completionTime"] = now_iso(p.obs.now)
     return p.done()
+
+
+def _verdict_message(verdict: str, summary: Mapping[str, Any], primary: str) -> str:
+    shown = (summary.get("display") or {}).get(primary)
+    detail = f"; {primary} {shown} points (95% paired interval)" if shown else ""
+    if summary.get("reason") == "Inconclusive" and summary.get("requiredClips"):
+        detail += f"; about {summary['requiredClips']} paired clips would resolve a difference of this size"
+    return f"verdict {verdict} against the baseline ({summary.get('rule') or 'threshold'} rule){detail}"
 
 
 def _model(spec: Mapping[str, Any], meta: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:

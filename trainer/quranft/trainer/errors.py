@@ -41,10 +41,14 @@ FAILURES: dict[type[BaseException], tuple[str, int]] = {
 
 
 def classify(exc: BaseException) -> tuple[str, int]:
-    """(reason, exit code) for an exception; anything unexpected is a TrainingError."""
+    """(reason, exit code) for an exception; anything unexpected is a TrainingError.
+
+    A subclass may name a more specific reason in `failure_reason` (e.g. the benchmark's CorpusMismatch, a
+    ConfigError): the exit code stays its family's, so the operator's retry policy is unchanged.
+    """
     for cls, outcome in FAILURES.items():
         if isinstance(exc, cls):
-            return outcome
+            return getattr(exc, "failure_reason", None) or outcome[0], outcome[1]
     return FAILURES[TrainingError]
 
 
