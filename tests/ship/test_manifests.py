@@ -1,6 +1,7 @@
 """manifests/: the examples say what the team's plan says, and every file is accepted by a real API server."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -108,3 +109,17 @@ def test_invalid_example_is_refused_by_the_server(cluster, namespace):
                           "--dry-run=server", "-n", namespace, "-f", "-"], input=yaml.safe_dump(bad),
                          capture_output=True, text=True)
     assert out.returncode != 0 and "mode" in out.stderr
+
+
+def test_v1_to_v5_need_no_hand_step_and_share_one_corpus():
+    """Applying an example needs nothing but the hub token: the corpus is a hub split the benchmark prepares
+    itself (no corpus copied onto the claim), the same for every sibling, and no comment points at a file
+    that exists only on the team's machines."""
+    corpora = {json.dumps(_qft(name)["spec"]["benchmark"]["corpus"], sort_keys=True) for name in GPU_EXAMPLES}
+    assert len(corpora) == 1
+    corpus = json.loads(corpora.pop())
+    assert corpus.get("dataset") and "path" not in corpus and "localPath" not in corpus
+    for name in GPU_EXAMPLES:
+        assert "corpusPath" not in _qft(name)["spec"]["benchmark"]
+        text = (MANIFESTS / "examples" / f"{name}.yaml").read_text()
+        assert "/work/" not in text and "shared/" not in text and "Copy the" not in text, name

@@ -22,7 +22,7 @@ EXAMPLE = access.MANIFESTS / "examples" / "cpu-stub-ctc.yaml"
 SEED_SCRIPT = f"""set -e
 mkdir -p {WORKSPACE}/models
 [ -f {WORKSPACE}/models/tiny.nemo ] || quranft trainer tiny-model --out {WORKSPACE}/models/tiny.nemo
-[ -f {WORKSPACE}/synth/benchmark/manifest.json ] || quranft trainer synth-data --out {WORKSPACE}/synth
+[ -d {WORKSPACE}/synth/benchmark-dataset ] || quranft trainer synth-data --out {WORKSPACE}/synth
 ls -l {WORKSPACE}/models {WORKSPACE}/synth
 """
 

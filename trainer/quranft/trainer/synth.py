@@ -5,8 +5,11 @@ Layout written under `out`:
 - `dataset/data/{train,validation}-00000-of-00001.parquet`: `audio` (16 kHz WAV bytes), `text`
   (normalised verse text), `duration`, `surah`, `ayah` — the columns of the hub corpus, loadable with
   `datasets.load_dataset(out / "dataset")` (use it as `data.localPath`).
-- `benchmark/manifest.json` + WAV files: held-out voices (other speed/pitch) in the format of
-  `shared/corpus/recitations-v1/manifest.json`.
+- `benchmark/manifest.json` + WAV files: held-out voices (other speed/pitch) in the format of the team's
+  recitation corpus (a `spec.benchmark.corpus.path`);
+- `benchmark-dataset/data/test-00000-of-00001.parquet`: the same held-out clips as a dataset split
+  (`audio`, `text`, `surah`, `ayah`, `id`, `category`, `source`, `reciter`), which a
+  `spec.benchmark.corpus` with `localPath` prepares through the same code path as a hub split.
 """
 from __future__ import annotations
 
@@ -100,11 +103,12 @@ def category(text: str) -> str:
     return "short" if words <= 4 else "medium" if words <= 12 else "long"
 
 
-def _write_split(rows: list[dict], path: Path) -> None:
+def _write_split(rows: list[dict], path: Path, extra_columns: tuple[str, ...] = ()) -> None:
     from datasets import Audio, Dataset, Features, Value
 
     features = Features({"audio": {"bytes": Value("binary"), "path": Value("string")}, "text": Value("string"),
-                         "duration": Value("float64"), "surah": Value("int32"), "ayah": Value("int32")})
+                         "duration": Value("float64"), "surah": Value("int32"), "ayah": Value("int32"),
+                         **{column: Value("string") for column in extra_columns}})
     path.parent.mkdir(parents=True, exist_ok=True)
     # Rows already hold WAV bytes: declare the column as Audio by an Arrow-level cast, because encoding
     # through the Audio feature needs torchcodec (datasets >= 4) just to pass the bytes through.
@@ -131,17 +135,27 @@ def write_synth_data(out: Path, surahs: list[int], *, log: Callable[[str], None]
         counts[split] = len(rows)
         log(f"synth-data: {split}: {len(rows)} clips")
 
+    # The held-out clips twice: a corpus directory (manifest.json, the recitations format) and the same clips
+    # as a dataset split (`benchmark-dataset`, split "test"), which spec.benchmark.corpus prepares itself.
     bench = out / "benchmark"
     bench.mkdir(parents=True, exist_ok=True)
-    samples = []
+    samples, rows = [], []
     for voice in HELD_OUT:
         for surah, ayah, text in verses:
             name = f"synth_{surah:03d}_{ayah:03d}_{voice.name}"
-            (bench / f"{name}.wav").write_bytes(wav_bytes(synthesize(text, voice, espeak)))
+            samples_16k = synthesize(text, voice, espeak)
+            audio = wav_bytes(samples_16k)
+            (bench / f"{name}.wav").write_bytes(audio)
             samples.append({"id": name, "file": f"{name}.wav", "surah": surah, "ayah": ayah, "ayah_end": None,
                             "category": category(text), "source": "synthetic",
                             "expected_verses": [{"surah": surah, "ayah": ayah}]})
+            rows.append({"audio": {"bytes": audio, "path": f"{name}.wav"}, "text": text,
+                         "duration": len(samples_16k) / SAMPLE_RATE, "surah": surah, "ayah": ayah, "id": name, "category": category(text),
+                         "source": "synthetic", "reciter": voice.name})
     (bench / "manifest.json").write_text(json.dumps({"samples": samples}, ensure_ascii=False, indent=1))
+    _write_split(rows, out / "benchmark-dataset" / "data" / "test-00000-of-00001.parquet",
+                 extra_columns=("id", "category", "source", "reciter"))
     counts["benchmark"] = len(samples)
-    log(f"synth-data: benchmark: {len(samples)} clips in {bench}")
-    return {"dataset": str(out / "dataset"), "benchmark": str(bench), "counts": counts, "surahs": surahs}
+    log(f"synth-data: benchmark: {len(samples)} clips in {bench} and {out / 'benchmark-dataset'} (split test)")
+    return {"dataset": str(out / "dataset"), "benchmark": str(bench), "benchmarkDataset": str(out / "benchmark-dataset"),
+            "counts": counts, "surahs": surahs}
