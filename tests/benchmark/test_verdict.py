@@ -1,4 +1,5 @@
-"""Verdict rules as a table (issue 4, "Baseline and verdict")."""
+"""Verdict rules as a table (issue 4, "Baseline and verdict"): the threshold rule; the paired rule is in
+test_paired.py."""
 
 import json
 
@@ -86,7 +87,23 @@ def test_verdict_message_shape_and_size():
     assert len(line.encode()) <= MAX_MESSAGE_BYTES
     back = json.loads(line)
     assert back["ok"] is True and back["stage"] == "benchmark" and back["verdict"] == "regression"
-    assert set(back) == {"ok", "stage", "verdict", "metrics", "baseline", "deltas", "targets", "resultsPath"}
+    assert set(back) == {"ok", "stage", "verdict", "reason", "rule", "verdictHead", "primaryMetric", "metrics",
+                         "baseline", "deltas", "intervals", "display", "sequenceTest", "requiredClips",
+                         "pairedClips", "targets", "resultsPath", "truncated"}  # heads dropped: too long
+    assert back["truncated"] == ["heads", "resultsPath"] and back["resultsPath"] == ("x" * 10_000)[-256:]
+    assert (back["reason"], back["rule"]) == ("Regression", "threshold")
+    # aggregates alone: no per-clip rows, so no intervals
+    assert back["intervals"] == {} and back["sequenceTest"] is None and back["pairedClips"] is None
     assert set(back["metrics"]) == set(back["baseline"]) == set(back["deltas"])
     alone = verdict_message(m(0.84, 0.81), None, Tolerances(), Targets(), "/w/r.json")
     assert alone["baseline"] is None and alone["deltas"] == {} and alone["verdict"] == "neutral"
+    assert alone["reason"] == "NoBaseline" and "truncated" not in alone
+    within = verdict_message(m(0.87, 0.85), m(0.87, 0.85), Tolerances(), Targets(), "/w/r.json")
+    assert (within["verdict"], within["reason"]) == ("neutral", "WithinTolerance")
+    assert within["metrics"]["recall"] == 0.87 and within["heads"]["ctc"]["metrics"]["recall"] == 0.87
+
+
+def test_message_rounds_to_4_decimals():
+    msg = verdict_message(m(0.123456789, 0.81), m(0.87, 0.85), Tolerances(), Targets(), "/r.json")
+    assert msg["metrics"]["recall"] == 0.1235 and msg["deltas"]["recall"] == round(0.123456789 - 0.87, 4)
+    assert msg["targets"]["recall"]["value"] == 0.1235

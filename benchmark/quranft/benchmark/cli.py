@@ -1,4 +1,5 @@
-"""`quranft benchmark run ...` and `quranft benchmark score FILE [--json]`.
+"""`quranft benchmark run ...`, `quranft benchmark score FILE [--json]` and
+`quranft benchmark compare RESULTS BASELINE [--json]`.
 
 Exit codes and the termination message follow docs/contracts.md: 0 ok (whatever the verdict),
 2 ConfigError, 3 DataError, 4 BenchmarkError (TrainingError), 5 EnvironmentError.
@@ -63,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("file")
     score.add_argument("--json", action="store_true", help="print the re-scored runs in the input's shape")
     score.add_argument("--no-also-accept", action="store_true", help="ignore also_accept in the rows")
+
+    cmp = sub.add_parser("compare", help="paired comparison and verdict of two results files (by sample id)")
+    cmp.add_argument("results", metavar="RESULTS", help="results file holding the candidate run(s)")
+    cmp.add_argument("baseline", metavar="BASELINE", help="results file holding the baseline run (old files too)")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp.add_argument("--rule", choices=("paired", "threshold"), default="paired",
+                     help="paired bootstrap intervals (default) or v1's thresholds on raw deltas")
+    cmp.add_argument("--head", choices=("ctc", "rnnt"),
+                     help="judge this decoder head only (default: every head of RESULTS; the verdict is the "
+                          "head RESULTS was judged on, else ctc)")
+    cmp.add_argument("--results-run", metavar="NAME", help="which run of a multi-run RESULTS file")
+    cmp.add_argument("--baseline-run", metavar="NAME", help="which run of a multi-run BASELINE file")
+    cmp.add_argument("--tolerance", type=float, default=1.0, metavar="POINTS",
+                     help="recall / sequence-accuracy drop (points) that counts as a regression")
+    cmp.add_argument("--min-gain", type=float, default=1.0, metavar="POINTS",
+                     help="primary-metric rise (points) needed for an improvement")
+    cmp.add_argument("--latency-tolerance", type=float, default=0.10, metavar="FRACTION")
+    cmp.add_argument("--latency-tolerance-abs", type=float, default=0.05, metavar="SECONDS")
+    cmp.add_argument("--primary", choices=("recall", "precision", "sequenceAccuracy"), default="recall")
+    cmp.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    cmp.add_argument("--no-also-accept", action="store_true", help="re-score against expected verses only")
     return parser
 
 
@@ -78,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if args.command == "score":
         return _score(args)
+    if args.command == "compare":
+        return _compare(args)
     try:
         return _run(args)
     except Exception as exc:  # every failure ends as a contract exit code plus a termination message
@@ -205,6 +230,63 @@ def _score(args: argparse.Namespace) -> int:
     for run in rescored:
         print(f"\n{run.get('name', '')}")
         print(per_sample_table(run))
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Both files re-scored by today's rules, paired by sample id, judged like `run` judges (exit 0)."""
+    from .paired import PairingError
+    from .report import comparison_table
+    from .results import ResultsError, load_runs, pick_run, rescore_run, run_head
+    from .verdict import judge
+
+    try:
+        if args.resamples < 1:
+            raise ResultsError("--resamples must be >= 1")
+        tolerances = Tolerances(drop=args.tolerance / 100, min_gain=args.min_gain / 100,
+                                latency_rel=args.latency_tolerance, latency_abs=args.latency_tolerance_abs)
+        results, _ = load_runs(args.results)
+        baselines, _ = load_runs(args.baseline)
+        pool = ([r for r in results if r.get("name") == args.results_run] if args.results_run
+                else [r for r in results if r.get("role") == "candidate"] or results)
+        heads = [args.head] if args.head else list(dict.fromkeys(run_head(r) for r in pool))
+        pairs: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        for head in heads:
+            try:
+                candidate = pick_run(results, args.results_run, head)
+            except ResultsError as exc:
+                raise ResultsError(f"RESULTS {args.results}: "
+                                   + str(exc).replace("--baseline-run", "--results-run")) from exc
+            base_heads = {run_head(r) for r in baselines}
+            baseline = None
+            if head in base_heads:
+                try:
+                    baseline = pick_run(baselines, args.baseline_run, head)
+                except ResultsError as exc:
+                    raise ResultsError(f"BASELINE {args.baseline}: {exc}") from exc
+            also = not args.no_also_accept
+            pairs[head] = (rescore_run(candidate, also), None if baseline is None else rescore_run(baseline, also))
+        judged = [h for h in heads if pairs[h][1] is not None]
+        if not judged:
+            raise ResultsError(f"BASELINE {args.baseline} has no run for head(s) {heads}")
+        recorded = next((r.get("verdict", {}).get("verdictHead") for r in pool
+                         if isinstance(r.get("verdict"), dict)), None)
+        verdict_head = next(h for h in (recorded, "ctc", *judged) if h in judged)
+        judgement = judge({h: pairs[h] for h in judged}, verdict_head=verdict_head, rule=args.rule,
+                          tolerances=tolerances, primary=args.primary, resamples=args.resamples, seed=args.seed)
+    except ResultsError as exc:  # unreadable file, no such run, or no shared sample id (PairingError)
+        if isinstance(exc, PairingError):
+            exc = ResultsError(f"RESULTS {args.results} and BASELINE {args.baseline}: {exc}")
+        print(f"benchmark compare: {exc}", file=sys.stderr)
+        return classify(ConfigError(str(exc)))[1]
+    if args.json:
+        out = {"results": args.results, "baseline": args.baseline,
+               "runs": {h: {"results": pairs[h][0].get("name"), "baseline": pairs[h][1].get("name")}
+                        for h in judged},
+               **judgement.for_results()}
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    print(comparison_table(judgement))
     return EXIT_OK
 
 

@@ -93,11 +93,58 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
 
 def verdict_lines(message: dict[str, Any]) -> str:
     out = [f"verdict: {message['verdict']}"]
+    if message.get("reason"):
+        out.append(f"reason: {message['reason']} (rule {message.get('rule')}, head {message.get('verdictHead')}, "
+                   f"primary {message.get('primaryMetric')})")
+    for key, text in (message.get("display") or {}).items():
+        out.append(f"delta {key}: {text} points (95% paired interval)")
+    if message.get("requiredClips") is not None:
+        out.append(f"paired clips: {message.get('pairedClips')}; "
+                   f"clips to resolve the {message.get('primaryMetric')} delta: {message['requiredClips']}")
     for key, t in message["targets"].items():
         kind = {"recall": "pct", "modelSize": "bytes", "latency": "s"}[key]
         op = {"recall": ">=", "modelSize": "<=", "latency": "<"}[key]
         status = "pass" if t["pass"] else "FAIL"
         out.append(f"target {key}: {_fmt(t['value'], kind)} {op} {_fmt(t['target'], kind)}: {status}")
+    return "\n".join(out)
+
+
+def comparison_table(judgement: Any) -> str:
+    """`quranft benchmark compare`: each head's paired comparison, then the verdict (a verdict.Judgement)."""
+    from .verdict import display
+
+    out: list[str] = []
+    for name, head in judgement.heads.items():
+        c = head.comparison
+        mark = " (verdict head)" if name == judgement.verdict_head and len(judgement.heads) > 1 else ""
+        cand = (head.candidate_run or {}).get("name", "candidate")
+        base = (head.baseline_run or {}).get("name", "baseline")
+        out.append(f"head {name}{mark}: {cand} vs {base}")
+        if c is None:
+            out.append("  no paired comparison (no baseline, or no shared sample id)")
+            continue
+        out.append(f"  {c.clips} paired clips (candidate {c.candidate_samples} samples, "
+                   f"baseline {c.baseline_samples}); {c.confidence:.0%} paired bootstrap, "
+                   f"{c.resamples} resamples, seed {c.seed}")
+        rows = [["metric", "candidate", "baseline", "delta", "interval"]]
+        for key, label in (("recall", "recall"), ("precision", "precision"),
+                           ("sequenceAccuracy", "sequence acc.")):
+            m = c.metrics[key]
+            rows.append([label, _fmt(m.candidate, "pct"), _fmt(m.baseline, "pct"),
+                         display(m.delta, m.low, m.high), f"[{m.low * 100:+.1f}, {m.high * 100:+.1f}] points"])
+        lat = c.metrics.get("avgLatency")
+        if lat is not None:
+            rows.append([f"avg latency ({lat.clips} clips)", _fmt(lat.candidate, "s"), _fmt(lat.baseline, "s"),
+                         f"{lat.delta:+.3f}s", f"[{lat.low:+.3f}, {lat.high:+.3f}] s"])
+        out += ["  " + line for line in _grid(rows).splitlines()]
+        t = c.sequence_test
+        out.append(f"  sequence test (exact McNemar): only candidate right on {t.candidate_only}, only baseline "
+                   f"on {t.baseline_only}: p = {t.p_value:.4g}")
+        required = head.required_clips(judgement.tolerances)
+        out.append("  clips to resolve the observed deltas: "
+                   + ", ".join(f"{k} {'-' if v is None else v}" for k, v in required.items()))
+    out.append(f"verdict: {judgement.verdict} ({judgement.reason}; rule {judgement.rule}, primary "
+               f"{judgement.primary}, head {judgement.verdict_head})")
     return "\n".join(out)
 
 

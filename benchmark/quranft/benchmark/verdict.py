@@ -1,10 +1,23 @@
-"""Candidate-vs-baseline comparison, verdict rules, targets and the compact termination JSON."""
+"""Candidate-vs-baseline verdict rules, targets and the compact termination JSON.
+
+Two rules (`rule`):
+- `paired` (default): per-clip paired statistics (paired.py). `regression` when a guarded metric's 95 %
+  interval lies wholly below -tolerance (recall, sequence accuracy; in points) or average latency's interval
+  lies wholly above its allowance max(latency_rel * baseline mean, latency_abs); else `improvement` when the
+  primary metric's interval lies wholly at or above min-gain; else `neutral` / `Inconclusive`.
+- `threshold`: the original rule on aggregate deltas (`decide`), kept so old numbers reproduce.
+Without a baseline the verdict is always `neutral` / `NoBaseline`.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # paired.py (numpy, scipy) is imported when a judgement is made, not by `--help`
+    from .paired import Comparison
 
 # Keys of the contract's `metrics` object (docs/contracts.md), in the order they are written.
 METRIC_KEYS = (
@@ -30,6 +43,14 @@ _RESULT_FIELDS = {
     "total": "total",
     "scored": "scored",
 }
+# The four metrics each head reports in the message's `heads` object.
+HEAD_KEYS = ("recall", "precision", "sequenceAccuracy", "avgLatency")
+DISPLAY_KEYS = ("recall", "precision", "sequenceAccuracy")
+GUARDED = ("recall", "sequenceAccuracy")  # plus latency
+PRIMARY_METRICS = ("recall", "precision", "sequenceAccuracy")
+RULES = ("paired", "threshold")
+DEFAULT_RESAMPLES = 2000  # paired.py's defaults (checked by a test; paired.py is imported lazily)
+DEFAULT_SEED = 0
 MAX_MESSAGE_BYTES = 4096
 _EPS = 1e-9  # so 0.86 - 0.87 compares as exactly one point
 
@@ -112,8 +133,209 @@ def _target(target: Any, value: Any, passed: bool) -> dict[str, Any]:
     return {"target": target, "value": value, "pass": passed}
 
 
-def _round(x: float | int) -> float | int:
-    return x if isinstance(x, int) else round(x, 6)
+def _round(x: float | int, digits: int = 6) -> float | int:
+    return x if isinstance(x, int) else round(x, digits)
+
+
+def decide_paired(
+    comparison: Comparison,
+    tol: Tolerances = Tolerances(),
+    primary: str = "recall",
+    metrics: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """(verdict, reason) by the paired rule (module docstring). `metrics`/`baseline` (aggregates) are used
+    for the latency guard only when no clip is timed in both runs."""
+    for key in GUARDED:
+        interval = comparison.interval(key)
+        if interval is not None and interval[1] < -tol.drop - _EPS:
+            return "regression", "Regression"
+    latency = comparison.metrics.get("avgLatency")
+    if latency is not None:
+        allowance = max(tol.latency_rel * latency.baseline, tol.latency_abs)
+        if latency.low > allowance + _EPS:
+            return "regression", "Regression"
+    elif metrics is not None and baseline is not None and _latency_regressed(metrics, baseline, tol):
+        return "regression", "Regression"
+    interval = comparison.interval(primary)
+    if interval is not None and interval[0] >= tol.min_gain - _EPS:
+        return "improvement", "Improvement"
+    return "neutral", "Inconclusive"
+
+
+_THRESHOLD_REASONS = {"improvement": "Improvement", "regression": "Regression", "neutral": "WithinTolerance"}
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """One decoder head: the candidate's (and baseline's) contract metrics and their paired comparison."""
+
+    head: str
+    metrics: dict[str, Any]
+    baseline: dict[str, Any] | None
+    comparison: Comparison | None  # None without a baseline (or, by the threshold rule, with no shared id)
+    candidate_run: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    baseline_run: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def required_clips(self, tol: Tolerances) -> dict[str, int | None]:
+        """Per score metric: paired clips needed to resolve the observed delta (paired.required_clips)."""
+        if self.comparison is None:
+            return {}
+        out: dict[str, int | None] = {}
+        for key in PRIMARY_METRICS:
+            m = self.comparison.metrics[key]
+            margin = tol.min_gain if m.delta > 0 else tol.drop
+            out[key] = _required_clips(m.delta, m.sd, margin)
+        return out
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str  # improvement | regression | neutral
+    reason: str  # Improvement | Regression | Inconclusive | NoBaseline | WithinTolerance
+    rule: str  # paired | threshold
+    verdict_head: str
+    primary: str
+    tolerances: Tolerances
+    heads: dict[str, HeadResult]
+    resamples: int = DEFAULT_RESAMPLES
+    seed: int = DEFAULT_SEED
+
+    @property
+    def head(self) -> HeadResult:
+        return self.heads[self.verdict_head]
+
+    @property
+    def required_clips(self) -> int | None:
+        """For the primary metric of the verdict head (None without a comparison or a resolvable delta)."""
+        return self.head.required_clips(self.tolerances).get(self.primary)
+
+    def message(self, targets: Targets = Targets(), results_path: str = "",
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The termination message (docs/contracts.md), <= MAX_MESSAGE_BYTES once serialised with dumps().
+
+        `extra` keys (corpus, leakage, artifact, ...) are copied verbatim before `resultsPath`; they may not
+        reuse a key of the message. If the line would be too long, parts are dropped least important first:
+        each head's display, baseline, intervals, then `heads`, then the extra keys (last given first), then
+        `resultsPath` keeps its last 256 characters; `truncated` lists what was dropped.
+        """
+        h = self.head
+        c = h.comparison
+        test = None if c is None else c.sequence_test.to_json()
+        if test is not None:
+            test["pValue"] = _sig(test["pValue"])
+        msg: dict[str, Any] = {
+            "ok": True,
+            "stage": "benchmark",
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "rule": self.rule,
+            "verdictHead": self.verdict_head,
+            "primaryMetric": self.primary,
+            "metrics": _rounded(h.metrics, 4),
+            "baseline": _rounded(h.baseline, 4) if h.baseline is not None else None,
+            "deltas": _rounded(deltas(h.metrics, h.baseline), 4),
+            "intervals": _intervals(c),
+            "display": _display(c),
+            "sequenceTest": test,
+            "requiredClips": self.required_clips,
+            "pairedClips": None if c is None else c.clips,
+            "heads": {
+                name: {
+                    "metrics": _rounded(_pick(r.metrics, HEAD_KEYS), 4),
+                    "baseline": _rounded(_pick(r.baseline, HEAD_KEYS), 4) if r.baseline is not None else None,
+                    "intervals": _intervals(r.comparison),
+                    "display": _display(r.comparison),
+                }
+                for name, r in self.heads.items()
+            },
+            "targets": {k: {**t, "value": _round(t["value"], 4) if isinstance(t["value"], float) else t["value"]}
+                        for k, t in check_targets(h.metrics, targets).items()},
+        }
+        for key, value in (extra or {}).items():
+            if key in msg or key in ("resultsPath", "truncated"):
+                raise ValueError(f"extra key {key!r} is a key of the termination message")
+            msg[key] = value
+        msg["resultsPath"] = results_path
+        return _fit(msg, list(extra or ()))
+
+    def for_results(self, targets: Targets | None = None) -> dict[str, Any]:
+        """The candidate run's `verdict` field in the results file: full precision, every head's comparison."""
+        h = self.head
+        out: dict[str, Any] = {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "rule": self.rule,
+            "verdictHead": self.verdict_head,
+            "primaryMetric": self.primary,
+            "requiredClips": self.required_clips,
+            "deltas": deltas(h.metrics, h.baseline),
+            "tolerances": asdict(self.tolerances),
+            "resamples": self.resamples,
+            "seed": self.seed,
+            "heads": {
+                name: {
+                    "metrics": r.metrics,
+                    "baseline": r.baseline,
+                    "deltas": deltas(r.metrics, r.baseline),
+                    "comparison": None if r.comparison is None else r.comparison.to_json(),
+                    "requiredClips": r.required_clips(self.tolerances),
+                }
+                for name, r in self.heads.items()
+            },
+        }
+        if targets is not None:
+            out["targets"] = check_targets(h.metrics, targets)
+        return out
+
+
+def judge(
+    heads: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any] | None]],
+    *,
+    verdict_head: str,
+    rule: str = "paired",
+    tolerances: Tolerances = Tolerances(),
+    primary: str = "recall",
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Judgement:
+    """Judge each head's candidate run against its baseline run (results-file runs with per_sample rows).
+
+    The verdict is the `verdict_head`'s. Raises PairingError (a ResultsError) by the paired rule when a head's
+    two runs share no sample id; the threshold rule then judges the aggregates alone. ValueError for an
+    unknown rule, primary metric or verdict head.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+    if primary not in PRIMARY_METRICS:
+        raise ValueError(f"primary metric must be one of {PRIMARY_METRICS}, not {primary!r}")
+    if verdict_head not in heads:
+        raise ValueError(f"verdict head {verdict_head!r} is not among the judged heads {sorted(heads)}")
+    from .paired import PairingError, compare, pair_runs
+
+    results: dict[str, HeadResult] = {}
+    for name, (candidate, baseline) in heads.items():
+        comparison = None
+        if baseline is not None:
+            labels = (f"{name} run {candidate.get('name')!r}", f"baseline run {baseline.get('name')!r}")
+            try:
+                comparison = compare(pair_runs(candidate, baseline, labels), resamples, seed)
+            except PairingError:
+                if rule == "paired":
+                    raise
+        results[name] = HeadResult(name, metrics_from_run(candidate),
+                                   metrics_from_run(baseline) if baseline is not None else None,
+                                   comparison, candidate, baseline)
+    h = results[verdict_head]
+    if h.baseline is None:
+        verdict, reason = "neutral", "NoBaseline"
+    elif rule == "threshold":
+        verdict = decide(h.metrics, h.baseline, tolerances)
+        reason = _THRESHOLD_REASONS[verdict]
+    else:
+        assert h.comparison is not None
+        verdict, reason = decide_paired(h.comparison, tolerances, primary, h.metrics, h.baseline)
+    return Judgement(verdict, reason, rule, verdict_head, primary, tolerances, results, resamples, seed)
 
 
 def verdict_message(
@@ -122,26 +344,85 @@ def verdict_message(
     tol: Tolerances,
     targets: Targets,
     results_path: str,
+    head: str = "ctc",
 ) -> dict[str, Any]:
-    """The benchmark's termination message (docs/contracts.md), always <= 4 KB once serialised."""
-    msg = {
-        "ok": True,
-        "stage": "benchmark",
-        "verdict": decide(metrics, baseline, tol),
-        "metrics": _rounded(metrics),
-        "baseline": _rounded(baseline) if baseline is not None else None,
-        "deltas": deltas(metrics, baseline),
-        "targets": check_targets(metrics, targets),
-        "resultsPath": results_path,
-    }
-    if len(dumps(msg).encode()) > MAX_MESSAGE_BYTES:
-        # Only a pathological path can overflow; keep the verdict, drop the path.
-        msg["resultsPath"] = results_path[-256:]
-    return msg
+    """The threshold rule's termination message from aggregate metrics alone (no per-sample rows to pair)."""
+    verdict = decide(metrics, baseline, tol)
+    reason = "NoBaseline" if baseline is None else _THRESHOLD_REASONS[verdict]
+    judgement = Judgement(verdict, reason, "threshold", head, "recall", tol,
+                          {head: HeadResult(head, metrics, baseline, None)})
+    return judgement.message(targets, results_path)
 
 
-def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_round(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+def display(delta: float, low: float, high: float) -> str:
+    """A score delta in points with its interval's half-width: `+2.1 ±1.4`."""
+    d = round(delta * 100, 1) + 0.0  # + 0.0: no "-0.0"
+    return f"{'+' if d >= 0 else '-'}{abs(d):.1f} ±{(high - low) * 50:.1f}"
+
+
+def _required_clips(delta: float, sd: float, margin: float) -> int | None:
+    from .paired import required_clips
+
+    return required_clips(delta, sd, margin)
+
+
+def _intervals(c: Comparison | None) -> dict[str, list[float]]:
+    if c is None:
+        return {}
+    return {k: [round(m.low, 4), round(m.high, 4)] for k, m in c.metrics.items()}
+
+
+def _display(c: Comparison | None) -> dict[str, str]:
+    if c is None:
+        return {}
+    return {k: display(c.metrics[k].delta, c.metrics[k].low, c.metrics[k].high) for k in DISPLAY_KEYS}
+
+
+def _pick(metrics: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: (metrics or {}).get(k) for k in keys}
+
+
+def _sig(p: float) -> float:
+    return float(f"{p:.4g}")
+
+
+def _size(msg: dict[str, Any]) -> int:
+    return len(dumps(msg).encode())
+
+
+def _fit(msg: dict[str, Any], extra_keys: list[str]) -> dict[str, Any]:
+    if _size(msg) <= MAX_MESSAGE_BYTES:
+        return msg
+    dropped: list[str] = []
+    msg["truncated"] = dropped
+
+    def fits() -> bool:
+        return _size(msg) <= MAX_MESSAGE_BYTES
+
+    for part in ("display", "baseline", "intervals"):
+        for head in msg["heads"].values():
+            head.pop(part, None)
+        dropped.append(f"heads.{part}")
+        if fits():
+            return msg
+    del msg["heads"]
+    dropped[-3:] = ["heads"]
+    if fits():
+        return msg
+    for key in reversed(extra_keys):
+        del msg[key]
+        dropped.append(key)
+        if fits():
+            return msg
+    msg["resultsPath"] = msg["resultsPath"][-256:]
+    dropped.append("resultsPath")
+    if fits():
+        return msg
+    raise ValueError(f"benchmark message does not fit {MAX_MESSAGE_BYTES} bytes: {dumps(msg)[:200]}...")
+
+
+def _rounded(metrics: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    return {k: (_round(v, digits) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
             for k, v in metrics.items() if k in METRIC_KEYS}
 
 
