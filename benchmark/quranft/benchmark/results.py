@@ -95,8 +95,23 @@ def rescore_run(
     return out
 
 
-def pick_run(runs: list[dict[str, Any]], name: str | None = None) -> dict[str, Any]:
-    """The run to use as a baseline: by name, else our file's candidate, else the only run."""
+# v1 benchmarks decoded every model with its CTC head and wrote no `head` field.
+DEFAULT_HEAD = "ctc"
+
+
+def run_head(run: Mapping[str, Any]) -> str:
+    return str(run.get("head") or DEFAULT_HEAD)
+
+
+def pick_run(runs: list[dict[str, Any]], name: str | None = None, head: str | None = None) -> dict[str, Any]:
+    """The run to use as a baseline: by name, else our file's candidate, else the only run.
+
+    With `head`, only runs decoded with that head count (a file holds one run per model and head).
+    """
+    if head is not None:
+        runs = [r for r in runs if run_head(r) == head]
+        if not runs:
+            raise ResultsError(f"no run decoded with the {head} head")
     if name is not None:
         matches = [r for r in runs if r.get("name") == name]
         if len(matches) != 1:
