@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from quranft.benchmark.corpus import SAMPLE_RATE, CorpusError, DecodeError, decode_audio, load_corpus
+from quranft.benchmark.corpus import (SAMPLE_RATE, CorpusError, DecodeError, corpus_hash, decode_audio,
+                                      load_corpus)
 
 from corpus_helpers import entry, make_corpus
 
@@ -91,3 +92,18 @@ def test_bad_manifest_is_a_corpus_error(tmp_path, manifest):
         (tmp_path / "manifest.json").write_text(manifest)
     with pytest.raises(CorpusError):
         load_corpus(tmp_path)
+
+
+def test_corpus_hash_of_the_shared_corpus_is_its_content(tmp_path, recitations):
+    h = corpus_hash(load_corpus(recitations))
+    copy = tmp_path / "copy"
+    shutil.copytree(recitations, copy)
+    assert corpus_hash(load_corpus(copy)) == h  # another place, same clips and labels
+    (copy / "retasy_000.wav").unlink()  # a clip goes missing: it is still listed, so the hash changes
+    assert corpus_hash(load_corpus(copy)) != h
+
+
+def test_reciter_is_read_when_the_manifest_has_it(tmp_path):
+    root = make_corpus(tmp_path / "c", [entry("a", "a.wav", [(1, 1)], copy_from="retasy_000.wav", reciter="husary"),
+                                        entry("b", "b.wav", [(1, 2)], copy_from="retasy_000.wav")])
+    assert [s.reciter for s in load_corpus(root).samples] == ["husary", None]

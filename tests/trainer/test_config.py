@@ -154,3 +154,17 @@ def test_data_spec_hash_rejects_invalid_specs():
     with pytest.raises(Exception):
         data_spec_hash({"minDurationSeconds": 5, "maxDurationSeconds": 1})
     assert isinstance(DataSpec(), DataSpec)
+
+
+def test_optional_id_columns_leave_existing_cache_keys_alone():
+    # Pinned before reciterColumn/surahColumn/ayahColumn existed: prepared data on volumes stays reusable.
+    assert data_spec_hash(DataSpec()) == "176aee83b17d"
+    local = load_config(None, ["data.source=local", "data.localPath=/x", "data.blend=null"]).data
+    assert data_spec_hash(local) == "7b5e95aa439a"
+    assert data_spec_hash({"reciterColumn": None, "surahColumn": None, "ayahColumn": None}) == "176aee83b17d"
+    # Set, they change what prepare writes, so they change the key.
+    keys = {data_spec_hash(DataSpec(reciterColumn="reciter")),
+            data_spec_hash(DataSpec(surahColumn="surah", ayahColumn="ayah"))}
+    assert "176aee83b17d" not in keys and len(keys) == 2
+    with pytest.raises(Exception, match="surahColumn and ayahColumn go together"):
+        DataSpec(surahColumn="surah")

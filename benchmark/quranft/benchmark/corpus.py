@@ -1,11 +1,13 @@
-"""Benchmark corpus: manifest loading and audio decoding to 16 kHz mono float32."""
+"""Benchmark corpus: manifest loading, audio decoding to 16 kHz mono float32, and the corpus content hash.
+
+Decoding is the trainer's (`quranft.trainer.audio.load_16k_mono`: soundfile or ffmpeg, channel mean, soxr),
+so a clip gives the same samples here as in prepared training data.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ class Sample:
     also_accept: list[list[Verse]] = field(default_factory=list)
     category: str | None = None
     source: str | None = None
+    reciter: str | None = None  # optional manifest key: the leakage check's same-reciter-same-verse test
 
 
 @dataclass(frozen=True)
@@ -78,42 +81,47 @@ def _parse_sample(root: Path, entry: dict[str, Any]) -> Sample:
         also_accept=[parse_verses(seq) for seq in entry.get("also_accept") or []],
         category=entry.get("category"),
         source=entry.get("source"),
+        reciter=None if entry.get("reciter") in (None, "") else str(entry["reciter"]),
     )
 
 
 def decode_audio(path: str | Path) -> np.ndarray:
     """Decode WAV/MP3/M4A/... at any rate and channel count to 16 kHz mono float32 in [-1, 1].
 
-    ffmpeg handles every container we meet (M4A needs it); without it, soundfile covers WAV/FLAC/MP3.
+    The trainer's audio path: libsndfile for WAV/FLAC/OGG/MP3, ffmpeg for the rest (M4A needs it).
     """
+    from quranft.trainer.audio import UndecodableAudio, load_16k_mono
+
     path = Path(path)
-    ffmpeg = shutil.which("ffmpeg")
-    audio = _decode_ffmpeg(ffmpeg, path) if ffmpeg else _decode_soundfile(path)
+    try:
+        audio = load_16k_mono(str(path))
+    except UndecodableAudio as exc:
+        raise DecodeError(f"{path.name}: {exc}") from exc
     if audio.size == 0:
         raise DecodeError(f"{path.name}: no audio samples")
     return audio
 
 
-def _decode_ffmpeg(ffmpeg: str, path: Path) -> np.ndarray:
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-           "-ar", str(SAMPLE_RATE), "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise DecodeError(f"{path.name}: ffmpeg: {detail[-1] if detail else proc.returncode}")
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _decode_soundfile(path: Path) -> np.ndarray:
-    import soundfile as sf
-    from scipy.signal import resample_poly
+def corpus_hash(corpus: Corpus) -> str:
+    """Content hash of what is scored: per sample (sorted by id) its id, expected verses, also_accept and
+    the sha256 of its audio file's bytes (null when the file is missing). 64 hex chars.
 
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
-        raise DecodeError(f"{path.name}: {exc} (install ffmpeg for this format)") from exc
-    mono = data.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        g = np.gcd(int(rate), SAMPLE_RATE)
-        mono = resample_poly(mono, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
-    return mono
+    Equal for corpora judged on byte-identical clips with the same labels, wherever they live and however
+    their manifests are formatted; any changed clip or label changes it. Category, source and reciter do
+    not take part (they do not change a score).
+    """
+    digest = hashlib.sha256(b"quranft-corpus-v1\n")
+    for sample in sorted(corpus.samples + corpus.missing, key=lambda s: s.id):
+        audio = file_sha256(sample.path) if sample.path.is_file() else None
+        line = {"id": sample.id, "expected": [list(v) for v in sample.expected],
+                "alsoAccept": [[list(v) for v in seq] for seq in sample.also_accept], "audio": audio}
+        digest.update(json.dumps(line, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    return digest.hexdigest()

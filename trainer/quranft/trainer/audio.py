@@ -2,10 +2,17 @@
 
 `datasets` gives an `Audio(decode=False)` value: `{"bytes": ..., "path": ...}` (bytes may be None when the
 file lives on disk or on the hub). libsndfile (soundfile) reads WAV/FLAC/OGG/MP3; anything else (m4a/AAC,
-opus in webm...) goes through the ffmpeg CLI when it is installed.
+opus in webm...) goes through the ffmpeg CLI when it is installed. Either way the decoder hands back the
+file's own rate and channels; the down-mix (channel mean) and the resampler (soxr) are the same for every
+format.
+
+This is the one audio path: prepare (training data) and the benchmark (`quranft.benchmark.corpus.decode_audio`)
+both call `load_16k_mono`, so the same file gives the same samples on both sides, and `pcm16` is the one
+float -> 16-bit conversion (`write_wav` stores it, `pcm_sha256` hashes it; leakage checks compare those).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import subprocess
@@ -54,19 +61,24 @@ def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
 
 def _decode_ffmpeg(data: bytes) -> tuple[np.ndarray, int]:
     # A file, not a pipe: MP4/M4A from phones often keeps its index (moov) at the end, safest read seekably.
-    # ffmpeg does the down-mix and resampling itself, straight to the target format.
-    with tempfile.NamedTemporaryFile(prefix="quranft-audio-") as src:
-        src.write(data)
-        src.flush()
+    # ffmpeg only decodes (first audio stream, float WAV at the file's own rate and channels); the down-mix
+    # and the resampling are ours, as for the formats libsndfile reads.
+    with tempfile.TemporaryDirectory(prefix="quranft-audio-") as tmp:
+        src, out = Path(tmp) / "in", Path(tmp) / "out.wav"
+        src.write_bytes(data)
         proc = subprocess.run(
-            ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", src.name,
-             "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1"],
+            ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(src),
+             "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le", "-f", "wav", str(out)],
             capture_output=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise UndecodableAudio(f"ffmpeg: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    if not proc.stdout:
+        if proc.returncode != 0:
+            raise UndecodableAudio(f"ffmpeg: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+        try:
+            samples, rate = _decode_soundfile(out.read_bytes())
+        except Exception as exc:
+            raise UndecodableAudio(f"ffmpeg output unreadable: {exc}") from exc
+    if samples.size == 0:
         raise UndecodableAudio("ffmpeg decoded no audio")
-    return np.frombuffer(proc.stdout, dtype=np.float32), SAMPLE_RATE
+    return samples, rate
 
 
 def decode(value: Any) -> tuple[np.ndarray, int]:
@@ -81,7 +93,7 @@ def decode(value: Any) -> tuple[np.ndarray, int]:
         return _decode_soundfile(data)
     except Exception as sf_error:  # libsndfile raises LibsndfileError/RuntimeError for unknown formats
         if shutil.which("ffmpeg") is None:
-            raise UndecodableAudio(f"soundfile: {sf_error}") from sf_error
+            raise UndecodableAudio(f"soundfile: {sf_error} (install ffmpeg for this format)") from sf_error
         return _decode_ffmpeg(data)
 
 
@@ -94,11 +106,38 @@ def to_16k_mono(samples: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
 
 
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as little-endian int16, the way our WAV files store them.
+
+    Scaled by 32768 (what libsndfile, torchaudio and NeMo divide by when they read PCM_16), rounded down and
+    clipped: byte for byte what libsndfile 1.2 wrote for us before (prepared directories keep their
+    bytes), and reading a stored file back as float and converting again gives the same integers, so a
+    clip's digest is the same whether it is taken from the decoded source or from the WAV written from it.
+    """
+    scaled = np.floor(np.asarray(samples, dtype=np.float32) * np.float32(32768.0))
+    return np.clip(scaled, -32768, 32767).astype("<i2")
+
+
+def pcm_sha256(samples: np.ndarray) -> str:
+    """sha256 of the 16-bit PCM `write_wav` stores for these samples (the leakage check's audio identity)."""
+    return hashlib.sha256(pcm16(samples).tobytes()).hexdigest()
+
+
+def wav_pcm_sha256(path: str | Path) -> str:
+    """`pcm_sha256` of a stored 16 kHz mono PCM_16 WAV, read without any float conversion."""
+    import soundfile as sf
+
+    data, _ = sf.read(str(path), dtype="int16", always_2d=True)
+    if data.shape[1] != 1:
+        raise UndecodableAudio(f"{path}: {data.shape[1]} channels, expected a mono WAV")
+    return hashlib.sha256(np.ascontiguousarray(data[:, 0]).astype("<i2").tobytes()).hexdigest()
+
+
 def write_wav(path: Path, samples: np.ndarray) -> None:
     """16-bit PCM WAV at 16 kHz, the format NeMo's audio loader expects without resampling."""
     import soundfile as sf
 
-    sf.write(str(path), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    sf.write(str(path), pcm16(samples), SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
 def load_16k_mono(value: Any) -> np.ndarray:

@@ -64,6 +64,11 @@ class DataSpec(_Model):
     max_duration_seconds: float = Field(30.0, gt=0)
     text_column: str = "text"
     audio_column: str = "audio"
+    # Optional ids carried into the manifests for the benchmark's leakage check (same reciter, same verse).
+    # Unset (None) they are left out of data_spec_hash, so existing specs keep their cache key.
+    reciter_column: str | None = Field(None, description="Column naming the reciter (speaker) of each clip.")
+    surah_column: str | None = Field(None, description="Column with each clip's surah number.")
+    ayah_column: str | None = Field(None, description="Column with each clip's ayah number.")
 
     @model_validator(mode="after")
     def _check(self) -> "DataSpec":
@@ -71,7 +76,13 @@ class DataSpec(_Model):
             raise ValueError("minDurationSeconds must be below maxDurationSeconds")
         if self.source == "local" and self.local_path is None:
             raise ValueError("source=local needs localPath")
+        if (self.surah_column is None) != (self.ayah_column is None):
+            raise ValueError("surahColumn and ayahColumn go together")
         return self
+
+
+# DataSpec fields added after data_spec_hash was first published: left out of the hash while unset.
+HASH_OPTIONAL_FIELDS = ("reciterColumn", "surahColumn", "ayahColumn")
 
 
 class FreezeSpec(_Model):
@@ -194,5 +205,9 @@ def data_spec_hash(data: DataSpec | dict[str, Any]) -> str:
     Sibling experiments with the same data (v2..v5 of the plan) share one prepared directory.
     """
     spec = data if isinstance(data, DataSpec) else DataSpec.model_validate(data)
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    doc = spec.model_dump(mode="json", by_alias=True)
+    for key in HASH_OPTIONAL_FIELDS:
+        if doc.get(key) is None:
+            doc.pop(key, None)
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

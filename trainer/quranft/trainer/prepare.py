@@ -4,7 +4,12 @@ Layout (docs/contracts.md): `<workspace>/data/<hash>/{train_manifest.json, val_m
 stats.json, COMPLETE}`. The directory is built under `data/.tmp-<hash>-<pid>-<random>` and renamed into
 place only when complete, so a reader either sees nothing or a finished build; sibling runs with the same
 data spec (and a restarted Job) reuse it at once. Two concurrent builds of one spec both finish; the
-second rename loses, discards its copy and reuses the winner's.
+second rename loses, discards its copy and reuses the winner's. `build_once` is that cache, shared with the
+benchmark's hub corpora (`quranft.benchmark.corpus_source`, under `<workspace>/corpora/`).
+
+Each manifest line also carries `pcm_sha256` (of the 16-bit PCM in its WAV: the benchmark's leakage check)
+and, when the data spec names those columns, `reciter` and `verses`. NeMo's manifest reader ignores keys it
+does not know.
 """
 from __future__ import annotations
 
@@ -76,13 +81,20 @@ class Source:
     label_column: str | None = None
     exclude_labels: frozenset[str] = field(default_factory=frozenset)
     duration_ms_column: str | None = None
+    reciter_column: str | None = None  # carried into the manifest for the leakage check
+    surah_column: str | None = None
+    ayah_column: str | None = None
+
+    def id_columns(self) -> list[str]:
+        return [c for c in (self.reciter_column, self.surah_column, self.ayah_column) if c]
 
 
 def sources_for(data: DataSpec) -> dict[str, list[Source]]:
     """Sources per manifest: the primary splits; the blend joins the training manifest only."""
     def primary(split: str, limit: int | None) -> Source:
         return Source("primary", data.dataset, data.local_path if data.source == "local" else None, split,
-                      limit, data.text_column, data.audio_column)
+                      limit, data.text_column, data.audio_column, reciter_column=data.reciter_column,
+                      surah_column=data.surah_column, ayah_column=data.ayah_column)
 
     train = [primary(data.train_split, data.max_train_samples)]
     if data.blend is not None:
@@ -125,7 +137,22 @@ def precheck(row: dict[str, Any], src: Source, min_s: float, max_s: float) -> tu
     return None, text
 
 
-def _decode(audio_value: Any) -> Any:
+def clip_ids(row: dict[str, Any], src: Source) -> dict[str, Any]:
+    """The row's reciter and verse ids for the manifest (only those its source names and the row holds)."""
+    out: dict[str, Any] = {}
+    if src.reciter_column:
+        reciter = row.get(src.reciter_column)
+        if reciter is not None and str(reciter).strip():
+            out["reciter"] = str(reciter).strip()
+    if src.surah_column and src.ayah_column:
+        try:
+            out["verses"] = [{"surah": int(row[src.surah_column]), "ayah": int(row[src.ayah_column])}]
+        except (KeyError, TypeError, ValueError):
+            pass  # no usable ids on this row: it still trains, it just cannot be matched by verse
+    return out
+
+
+def decode_clip(audio_value: Any) -> Any:
     """Worker: 16 kHz mono samples, or the UndecodableAudio explaining why not (None: nothing to do)."""
     from quranft.trainer.audio import UndecodableAudio, load_16k_mono
 
@@ -137,7 +164,7 @@ def _decode(audio_value: Any) -> Any:
         return exc
 
 
-def _ordered_map(fn: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], workers: int
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], workers: int
                  ) -> Iterator[tuple[Any, Any]]:
     """(tag, fn(arg)) in input order with a bounded look-ahead; stopping early cancels the rest."""
     if workers <= 1:
@@ -161,7 +188,7 @@ def _ordered_map(fn: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], wor
                 fut.cancel()
 
 
-class _Ticker:
+class Ticker:
     """Progress lines and the tmp dir heartbeat, each at most every few seconds."""
 
     def __init__(self, owner_file: Path, log: Log):
@@ -179,22 +206,23 @@ class _Ticker:
 
 
 def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, manifest_name: str,
-                 min_s: float, max_s: float, workers: int, ticker: _Ticker) -> SourceCounts:
+                 min_s: float, max_s: float, workers: int, ticker: Ticker) -> SourceCounts:
     """Filter, decode and write one source's rows; append its manifest lines. Returns its counts."""
-    from quranft.trainer.audio import SAMPLE_RATE, UndecodableAudio, write_wav
+    from quranft.trainer.audio import SAMPLE_RATE, UndecodableAudio, pcm_sha256, write_wav
     from quranft.trainer.sources import open_rows
 
     counts = SourceCounts(src.dataset if src.local_path is None else str(src.local_path), src.split)
     if src.limit == 0:
         return counts
-    required = [src.text_column] + ([src.label_column] if src.exclude_labels and src.label_column else [])
+    required = [src.text_column] + ([src.label_column] if src.exclude_labels and src.label_column else []) \
+        + src.id_columns()
     rows = open_rows(dataset=src.dataset, local_path=src.local_path, split=src.split,
                      audio_column=src.audio_column, required_columns=required)
     rel_root = Path("audio") / manifest_name / src.name
     label = f"{manifest_name}/{src.name}"
 
-    def tagged_rows() -> Iterator[tuple[tuple[int, str, str | None], Any]]:
-        """Every row as ((index, text, reason to drop it or None), audio to decode or None)."""
+    def tagged_rows() -> Iterator[tuple[tuple[int, str, str | None, dict[str, Any]], Any]]:
+        """Every row as ((index, text, reason to drop it or None, its ids), audio to decode or None)."""
         index = 0
         iterator = iter(rows)
         while True:
@@ -206,11 +234,11 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
                 raise DataError(f"reading {counts.dataset} split {src.split!r} failed after "
                                 f"{index} rows: {type(exc).__name__}: {exc}") from exc
             reason, text = precheck(row, src, min_s, max_s)
-            yield (index, text, reason), (None if reason else row.get(src.audio_column))
+            yield (index, text, reason, clip_ids(row, src)), (None if reason else row.get(src.audio_column))
             index += 1
 
     # Results come back in stream order, so the counts cover exactly the rows up to the cap.
-    for (index, text, reason), samples in _ordered_map(_decode, tagged_rows(), workers):
+    for (index, text, reason, ids), samples in ordered_map(decode_clip, tagged_rows(), workers):
         counts.rows_read += 1
         ticker.tick(label, counts)
         if reason is None and isinstance(samples, UndecodableAudio):
@@ -225,8 +253,9 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
         (build_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         write_wav(build_dir / rel, samples)
         # Paths point at the final location: the manifest is read after the rename.
-        manifest.write(json.dumps({"audio_filepath": str(final_dir / rel), "duration": round(seconds, 4),
-                                   "text": text}, ensure_ascii=False) + "\n")
+        line = {"audio_filepath": str(final_dir / rel), "duration": round(seconds, 4), "text": text,
+                "pcm_sha256": pcm_sha256(samples), **ids}
+        manifest.write(json.dumps(line, ensure_ascii=False) + "\n")
         counts.kept += 1
         counts.duration_seconds += seconds
         if src.limit is not None and counts.kept >= src.limit:
@@ -237,7 +266,7 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
 def build(data: DataSpec, build_dir: Path, final_dir: Path, *, key: str, workers: int, log: Log) -> dict:
     """Write manifests, audio and stats.json into build_dir (paths inside point at final_dir)."""
     started = time.monotonic()
-    ticker = _Ticker(build_dir / OWNER_FILE, log)
+    ticker = Ticker(build_dir / OWNER_FILE, log)
     stats: dict[str, Any] = {"dataSpecHash": key}
     for manifest_name, sources in sources_for(data).items():
         per_source: dict[str, Any] = {}
@@ -304,11 +333,11 @@ def is_stale(tmp_dir: Path, now: float | None = None) -> bool:
     return False
 
 
-def clean_stale(data_root: Path, log: Log) -> None:
+def clean_stale(data_root: Path, log: Log, label: str = "prepare") -> None:
     """Remove half-written builds left by dead prepares (any data spec)."""
     for tmp_dir in data_root.glob(".tmp-*"):
         if tmp_dir.is_dir() and is_stale(tmp_dir):
-            log(f"prepare: removing stale build {tmp_dir.name}")
+            log(f"{label}: removing stale build {tmp_dir.name}")
             shutil.rmtree(tmp_dir, ignore_errors=True)
     for leftover in data_root.glob(".discard-*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -358,32 +387,33 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
-def prepare(cfg: RunConfig, *, log: Log = print, workers: int | None = None) -> dict[str, Any]:
-    """Build (or reuse) the prepared data for cfg.data; returns the contract's prepare summary.
+def build_once(root: Path, key: str, fill: Callable[[Path, Path], dict[str, Any]], *, log: Log,
+               label: str = "prepare") -> tuple[Path, bool, dict[str, Any]]:
+    """The content-addressed cache: `(root/key, reused, stats)`.
 
-    Raises DataError when a source cannot be read or nothing is left after filtering.
+    A complete `root/key` is reused without touching anything. Otherwise `fill(build_dir, final_dir)`
+    writes into a fresh `root/.tmp-<key>-<pid>-<random>` (paths it records point at final_dir) and returns
+    the stats; stats.json and COMPLETE are written last and the directory is renamed into place. Losing
+    the rename to a concurrent build reuses the winner's; any failure removes the half-built directory.
     """
-    key = data_spec_hash(cfg.data)
-    data_root = Path(os.path.abspath(cfg.run.workspace)) / "data"
-    final_dir = data_root / key
+    final_dir = root / key
     if is_complete(final_dir):  # the fast path touches nothing
-        log(f"prepare: reusing {final_dir}")
-        return _summary(key, final_dir, True, _read_stats(final_dir))
+        log(f"{label}: reusing {final_dir}")
+        return final_dir, True, _read_stats(final_dir)
 
-    data_root.mkdir(parents=True, exist_ok=True)
-    clean_stale(data_root, log)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale(root, log, label)
     if final_dir.exists() and not is_complete(final_dir):
-        log(f"prepare: {final_dir} has no {COMPLETE_MARKER} marker; rebuilding it")
+        log(f"{label}: {final_dir} has no {COMPLETE_MARKER} marker; rebuilding it")
         _set_aside(final_dir)
 
-    build_dir = data_root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+    build_dir = root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
     build_dir.mkdir()
     _BUILDING.add(build_dir.name)
     try:
         (build_dir / OWNER_FILE).write_text(json.dumps(
             {"host": socket.gethostname(), "pid": os.getpid(), "startedAt": time.time()}))
-        stats = build(cfg.data, build_dir, final_dir, key=key, workers=workers or default_workers(), log=log)
-        stats["spec"] = cfg.data.model_dump(mode="json", by_alias=True)
+        stats = fill(build_dir, final_dir)
         (build_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
         (build_dir / OWNER_FILE).unlink()
         (build_dir / COMPLETE_MARKER).write_text(key + "\n")  # last: marks the build complete
@@ -394,8 +424,26 @@ def prepare(cfg: RunConfig, *, log: Log = print, workers: int | None = None) -> 
     finally:
         _BUILDING.discard(build_dir.name)
     if lost_race:
-        log(f"prepare: another prepare finished {final_dir} first; reusing it")
-        return _summary(key, final_dir, True, _read_stats(final_dir))
-    log(f"prepare: wrote {final_dir} (train {stats['train']['samples']} samples, "
-        f"val {stats['val']['samples']} samples, {stats['buildSeconds']} s)")
-    return _summary(key, final_dir, False, stats)
+        log(f"{label}: another {label} finished {final_dir} first; reusing it")
+        return final_dir, True, _read_stats(final_dir)
+    return final_dir, False, stats
+
+
+def prepare(cfg: RunConfig, *, log: Log = print, workers: int | None = None) -> dict[str, Any]:
+    """Build (or reuse) the prepared data for cfg.data; returns the contract's prepare summary.
+
+    Raises DataError when a source cannot be read or nothing is left after filtering.
+    """
+    key = data_spec_hash(cfg.data)
+    data_root = Path(os.path.abspath(cfg.run.workspace)) / "data"
+
+    def fill(build_dir: Path, final_dir: Path) -> dict[str, Any]:
+        stats = build(cfg.data, build_dir, final_dir, key=key, workers=workers or default_workers(), log=log)
+        stats["spec"] = cfg.data.model_dump(mode="json", by_alias=True)
+        return stats
+
+    final_dir, reused, stats = build_once(data_root, key, fill, log=log)
+    if not reused:
+        log(f"prepare: wrote {final_dir} (train {stats['train']['samples']} samples, "
+            f"val {stats['val']['samples']} samples, {stats['buildSeconds']} s)")
+    return _summary(key, final_dir, reused, stats)

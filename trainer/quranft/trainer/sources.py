@@ -21,11 +21,12 @@ def is_saved_to_disk(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def _load(dataset: str, local_path: Path | None, split: str) -> Any:
+def _load(dataset: str, local_path: Path | None, split: str, revision: str | None = None) -> Any:
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if local_path is None:
-        return load_dataset(dataset, split=split, streaming=True)
+        pinned = {"revision": revision} if revision else {}  # a commit, tag or branch of the hub repo
+        return load_dataset(dataset, split=split, streaming=True, **pinned)
     if not local_path.exists():
         raise DataError(f"local dataset {local_path} does not exist")
     if not is_saved_to_disk(local_path):
@@ -39,13 +40,16 @@ def _load(dataset: str, local_path: Path | None, split: str) -> Any:
 
 
 def open_rows(*, dataset: str, local_path: Path | None, split: str, audio_column: str,
-              required_columns: Iterable[str] = ()) -> Iterable[dict[str, Any]]:
-    """A stream of rows of one split, its audio column cast to `Audio(decode=False)`. Raises DataError."""
+              required_columns: Iterable[str] = (), revision: str | None = None) -> Iterable[dict[str, Any]]:
+    """A stream of rows of one split, its audio column cast to `Audio(decode=False)`. Raises DataError.
+
+    `revision` pins a hub dataset (local directories have none; it is ignored for them).
+    """
     from datasets import Audio
 
-    where = str(local_path) if local_path is not None else dataset
+    where = str(local_path) if local_path is not None else dataset + (f"@{revision}" if revision else "")
     try:
-        rows = _load(dataset, local_path, split)
+        rows = _load(dataset, local_path, split, revision)
     except DataError:
         raise
     except Exception as exc:  # DatasetNotFoundError, bad split (ValueError), unreadable files, network
