@@ -1,4 +1,4 @@
-"""`quranft trainer ...`: prepare, train, doctor, tiny-model, synth-data.
+"""`quranft trainer ...`: prepare, train, doctor, tiny-model, real-size-model, synth-data.
 
 Every failure maps to an exit code and a one-line JSON summary on the termination-message path
 (docs/contracts.md); heavy libraries are imported only inside the sub-command that needs them.
@@ -47,9 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", parents=[common, with_config],
                             help="report torch/CUDA/libnvvm; fails if the configured mode cannot run here")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--ptx", nargs="?", const="auto", choices=("auto", "nemo", "representative"),
+                        help="also compile the RNNT loss kernels to PTX for sm_80/sm_90 (no GPU needed): NeMo's "
+                             "own (nemo), a representative one, or NeMo's when installed (auto, the default)")
     tiny = sub.add_parser("tiny-model", parents=[common], help="write the untrained CPU-stub base model (.nemo)")
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--seed", type=int, default=1234)
+    real = sub.add_parser("real-size-model", parents=[common],
+                          help="write the production architecture (~115 M parameters) with random weights (.nemo)")
+    real.add_argument("--out", type=Path, required=True)
+    real.add_argument("--seed", type=int, default=1234)
     synth = sub.add_parser("synth-data", parents=[common],
                            help="synthesise Arabic recitations (espeak-ng): a local dataset + a benchmark corpus")
     synth.add_argument("--out", type=Path, required=True)
@@ -71,16 +78,28 @@ def _train(args) -> dict[str, Any]:
 
 def _doctor(args) -> dict[str, Any]:
     from quranft.trainer.doctor import check_mode, report
+    from quranft.trainer.errors import EnvironmentProblem
 
     cfg = load_config(args.config, args.overrides)
-    info = report()
-    if args.json:
-        print(json.dumps(info, indent=1))
-    else:
-        for key, value in info.items():
-            print(f"{key:>14}: {value}")
+
+    def show(info: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(info, indent=1), flush=True)
+        else:
+            for key, value in info.items():
+                print(f"{key:>14}: {value}", flush=True)
+
+    try:
+        info = report(ptx=args.ptx)
+    except EnvironmentProblem as exc:  # the PTX check failed: still show what was found
+        show(getattr(exc, "report", {}))
+        raise
+    show(info)
     check_mode(cfg.training.mode, info["cudaAvailable"])
-    return {"ok": True, "stage": "doctor", "cudaAvailable": info["cudaAvailable"], "libnvvm": info["libnvvm"]}
+    summary = {"ok": True, "stage": "doctor", "cudaAvailable": info["cudaAvailable"], "libnvvm": info["libnvvm"]}
+    if args.ptx:
+        summary["ptx"] = {arch: t["bytes"] for arch, t in info["ptx"]["targets"].items()}
+    return summary
 
 
 def _tiny(args) -> dict[str, Any]:
@@ -91,6 +110,14 @@ def _tiny(args) -> dict[str, Any]:
     return {"ok": True, "stage": "tiny-model", **result}
 
 
+def _real_size(args) -> dict[str, Any]:
+    from quranft.trainer.realsize import write_real_size_model
+
+    result = write_real_size_model(args.out, seed=args.seed)
+    _log(f"real-size-model: {result['parameters']:,} parameters, {result['sizeBytes']:,} bytes -> {result['path']}")
+    return {"ok": True, "stage": "real-size-model", **{k: v for k, v in result.items() if k != "parameterGroups"}}
+
+
 def _synth(args) -> dict[str, Any]:
     from quranft.trainer.synth import parse_surahs, write_synth_data
 
@@ -98,7 +125,8 @@ def _synth(args) -> dict[str, Any]:
 
 
 COMMANDS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "prepare": _prepare, "train": _train, "doctor": _doctor, "tiny-model": _tiny, "synth-data": _synth,
+    "prepare": _prepare, "train": _train, "doctor": _doctor, "tiny-model": _tiny, "real-size-model": _real_size,
+    "synth-data": _synth,
 }
 
 
