@@ -57,6 +57,10 @@ PAIRED_NEUTRAL = {**VERDICT, "verdict": "neutral", "reason": "Inconclusive", "ru
                   "intervals": {"recall": [-0.019, 0.057]}, "leakage": {"exactAudio": 3, "sameReciterVerse": 0,
                                                                          "excluded": 3}}
 
+NO_GPU = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available: " \
+         "1 No preemption victims found for incoming pod."
+NO_NODE = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+
 CASES = [
     # (id, old status, observed kwargs, expected phase, expected action, {condition: (status, reason)})
     ("fresh", {}, {}, "PreparingData", "prepare", {"DataReady": ("False", "Preparing"),
@@ -101,6 +105,22 @@ CASES = [
      "Failed", None, {"Failed": ("True", "ImagePullFailure")}),
     ("invalid-image-now", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(pod(
         created=NOW, waiting_reason="InvalidImageName"),))}}, "Failed", None, {"Failed": ("True", "ImagePullFailure")}),
+    # No spec.startupDeadlineSeconds: a pod the scheduler cannot place waits however long it takes.
+    ("gpu-wait-no-deadline", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(pod(
+        created=NOW - timedelta(hours=5), unschedulable=NO_GPU),))}},
+     "Training", None, {"StartupBlocked": ("True", "WaitingForGPU")}),
+    ("unschedulable-no-deadline", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(pod(
+        created=NOW - timedelta(hours=5), unschedulable=NO_NODE),))}},
+     "Training", None, {"StartupBlocked": ("True", "Unschedulable")}),
+    ("gpu-freed", status(ADMITTED, READY, {"type": "StartupBlocked", "status": "True", "reason": "WaitingForGPU"}),
+     {"jobs": {"train": job("train", active=1, pods=(pod(running=True, phase="Running"),))}}, "Training", None,
+     {"StartupBlocked": ("False", "Started")}),
+    ("gpu-wait-over-pod-done-between-passes", status(ADMITTED, READY, TRAINED, {"type": "StartupBlocked",
+     "status": "True", "reason": "WaitingForGPU"}), {"jobs": {"benchmark": job("benchmark", complete=True,
+     completion_time=NOW, pods=(ok_pod(VERDICT),))}}, "Succeeded", None, {"StartupBlocked": ("False", "Started")}),
+    ("container-creating-past-default", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(
+        pod(created=NOW - timedelta(seconds=301), waiting_reason="ContainerCreating"),))}},
+     "Failed", None, {"Failed": ("True", "StartupDeadlineExceeded")}),
     ("preempted-resumes", status(ADMITTED, READY), {"jobs": {"train": job("train", active=1, pods=(
         failed_pod(143, disrupted=True, created=EARLIER), pod("p2", running=True, phase="Running", created=NOW)))}},
      "Training", None, {"Preempted": ("True", "Preempted")}),
@@ -272,3 +292,54 @@ def test_paired_verdict_lands_in_status_with_its_interval_and_leak_warning():
     assert "212 paired clips" in cond(out, "Improved")["message"]
     kinds = {reason: kind for kind, reason, _ in transition_events(status(ADMITTED, READY, TRAINED), out)}
     assert kinds["BenchmarkLeakage"] == "Warning"
+
+
+def _startup(spec: dict, pod_view: PodView, **observed) -> dict:
+    jobs = {"train": job("train", active=1, pods=(pod_view,))}
+    return derive({**SPEC, **spec}, META, status(ADMITTED, READY), Observed(now=NOW, jobs=jobs, **observed)).status
+
+
+def test_crd_has_no_startup_deadline_default():
+    """Only a deadline the user set fails a run waiting for the scheduler, so the API server must not fill one in."""
+    assert "startupDeadlineSeconds" not in SPEC
+
+
+@pytest.mark.parametrize("spec,age,view,observed,expected", [
+    # A user-set deadline fails every wait, scheduling included, once the pod is that old.
+    ({"startupDeadlineSeconds": 60}, 59, {"unschedulable": NO_GPU}, {}, ("Training", "StartupBlocked", "WaitingForGPU")),
+    ({"startupDeadlineSeconds": 60}, 61, {"unschedulable": NO_GPU}, {}, ("Failed", "Failed", "StartupDeadlineExceeded")),
+    ({"startupDeadlineSeconds": 60}, 61, {"unschedulable": NO_NODE}, {}, ("Failed", "Failed", "StartupDeadlineExceeded")),
+    ({"startupDeadlineSeconds": 60}, 61, {"waiting_reason": "ErrImagePull"}, {}, ("Failed", "Failed", "ImagePullFailure")),
+    ({"startupDeadlineSeconds": 60}, 61, {"waiting_reason": "CreateContainerConfigError"}, {},
+     ("Failed", "Failed", "ContainerConfigError")),
+    # Without one, the operator's settings bound image pulls and the other waits, never scheduling.
+    ({}, 31, {"waiting_reason": "ImagePullBackOff"}, {"image_pull_deadline_s": 30}, ("Failed", "Failed", "ImagePullFailure")),
+    ({}, 29, {"waiting_reason": "ImagePullBackOff"}, {"image_pull_deadline_s": 30},
+     ("Training", "StartupBlocked", "ImagePullFailure")),
+    ({}, 11, {"waiting_reason": "ContainerCreating"}, {"default_startup_deadline_s": 10},
+     ("Failed", "Failed", "StartupDeadlineExceeded")),
+    ({}, 11, {"waiting_reason": "CreateContainerConfigError"}, {"default_startup_deadline_s": 10},
+     ("Failed", "Failed", "ContainerConfigError")),
+    ({}, 10**6, {"unschedulable": NO_GPU}, {"default_startup_deadline_s": 10, "image_pull_deadline_s": 10},
+     ("Training", "StartupBlocked", "WaitingForGPU")),
+])
+def test_startup_deadlines(spec, age, view, observed, expected):
+    out = _startup(spec, pod(created=NOW - timedelta(seconds=age), **view), **observed)
+    phase, ctype, reason = expected
+    assert out["phase"] == phase
+    assert (cond(out, ctype)["status"], cond(out, ctype)["reason"]) == ("True", reason), cond(out, ctype)
+
+
+def test_waiting_for_gpu_is_a_normal_event_with_the_schedulers_message():
+    old = status(ADMITTED, READY)
+    out = _startup({}, pod(created=NOW - timedelta(hours=1), unschedulable=NO_GPU))
+    blocked = cond(out, "StartupBlocked")
+    assert "Insufficient nvidia.com/gpu" in blocked["message"] and "startupDeadlineSeconds" in blocked["message"]
+    kinds = {reason: kind for kind, reason, _ in transition_events(old, out)}
+    assert kinds["WaitingForGPU"] == "Normal"
+    other = _startup({}, pod(created=NOW - timedelta(hours=1), unschedulable=NO_NODE))
+    assert {r: k for k, r, _ in transition_events(old, other)}["Unschedulable"] == "Warning"
+    failed = _startup({"startupDeadlineSeconds": 60}, pod(created=NOW - timedelta(seconds=61), unschedulable=NO_GPU))
+    message = cond(failed, "Failed")["message"]
+    assert "60s (spec.startupDeadlineSeconds)" in message and "Insufficient nvidia.com/gpu" in message
+    assert {r: k for k, r, _ in transition_events(old, failed)}["StartupDeadlineExceeded"] == "Warning"

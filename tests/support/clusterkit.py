@@ -74,6 +74,7 @@ def resource(name: str, *, claim: str | None = "ws", size: str | None = None, gp
                  "images": {"trainer": STUB_IMAGE}, "startupDeadlineSeconds": 120},
     }
     body["spec"].update(spec)
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}  # e.g. startupDeadlineSeconds=None: unset
     return body
 
 

@@ -1,8 +1,8 @@
 """The node agent: plays the kubelet for the embedded cluster.
 
 It registers the configured Nodes, keeps them Ready (leases + status), runs the pods bound to them as
-local processes (podworker.py), serves their logs to the API server (logserver.py) and provisions
-`local` PersistentVolumes (provisioner.py). `up` starts it as a daemon
+local processes (podworker.py) within their memory limits (memcg.py), serves their logs to the API server
+(logserver.py) and provisions `local` PersistentVolumes (provisioner.py). `up` starts it as a daemon
 (`python -m quranft.cluster.nodeagent ...`); tests may also run `NodeAgent` in-process.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .gpus import GpuAllocator
 from .images import write_shim
 from .kube import Kube, path_for
 from .logserver import LogServer
+from .memcg import MemoryCgroups, detect
 from .nodeconfig import NodeConfig, default_nodes
 from .nodes import heartbeat_status, register, renew_lease
 from .podprocs import ProcRegistry
@@ -55,8 +56,11 @@ class Lookup:
 
 
 class NodeAgent:
-    def __init__(self, kube: Kube, state_dir: Path, pki_dir: Path, nodes: list[NodeConfig], log_port: int = 0):
-        self.kube, self.state_dir, self.nodes = kube, state_dir, nodes
+    def __init__(self, kube: Kube, state_dir: Path, pki_dir: Path, nodes: list[NodeConfig], log_port: int = 0,
+                 provision: bool = True):
+        """`provision`: also be the cluster's volume provisioner (one agent only: an extra agent a test adds
+        for its own nodes leaves claims to the cluster's)."""
+        self.kube, self.state_dir, self.nodes, self.provision = kube, state_dir, nodes, provision
         self.lookup = Lookup(kube)
         self.registry = ProcRegistry(state_dir / "procs")
         self.shim_dir = state_dir / "runtime-bin"
@@ -67,6 +71,7 @@ class NodeAgent:
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self.capacity = nodes[0].capacity() if nodes else {}
         self.gpus = GpuAllocator({n.name: n.gpus for n in nodes})
+        self.memcg: MemoryCgroups | None = None  # set by start(): None when limits cannot be enforced
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -77,8 +82,10 @@ class NodeAgent:
     def start(self) -> "NodeAgent":
         self.state_dir.mkdir(parents=True, exist_ok=True)
         write_shim(self.shim_dir)
+        self.memcg = detect()
         self.log_server.start()
-        self._retry(self.provisioner.ensure_storage_class, "create the local StorageClass")
+        if self.provision:
+            self._retry(self.provisioner.ensure_storage_class, "create the local StorageClass")
         for node in self.nodes:
             self._retry(lambda n=node: register(self.kube, n, self.log_server.port), f"register {node.name}")
             self._node_uids[node.name] = (self.kube.get(path_for("Node", name=node.name)) or {}).get(
@@ -87,11 +94,13 @@ class NodeAgent:
         for node in self.nodes:
             self._spawn(lambda n=node.name: self._watch_loop(
                 "/api/v1/pods", {"fieldSelector": f"spec.nodeName={n}"}, self._on_pod), f"pods-{node.name}")
-        self._spawn(lambda: self._watch_loop("/api/v1/persistentvolumeclaims", {},
-                                             self._on_claim), "claims")
-        self._spawn(lambda: self._watch_loop("/api/v1/persistentvolumes", {},
-                                             self._on_volume), "volumes")
-        log.info("node agent up: nodes %s, log port %d", [n.name for n in self.nodes], self.log_server.port)
+        if self.provision:
+            self._spawn(lambda: self._watch_loop("/api/v1/persistentvolumeclaims", {},
+                                                 self._on_claim), "claims")
+            self._spawn(lambda: self._watch_loop("/api/v1/persistentvolumes", {},
+                                                 self._on_volume), "volumes")
+        log.info("node agent up: nodes %s, log port %d, memory limits: %s", [n.name for n in self.nodes],
+                 self.log_server.port, self.memcg.describe if self.memcg else "not enforced")
         return self
 
     def stop(self, grace: float = 10.0) -> None:
@@ -105,6 +114,8 @@ class NodeAgent:
         for worker in workers:
             worker.join(grace + 5)
         self.registry.kill_all()
+        if self.memcg:
+            self.memcg.close()
         self.log_server.stop()
 
     def _spawn(self, target, name: str) -> None:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
-    # Capacity is a scheduling promise, not a limit the agent enforces: processes share the host.
+    # Capacity is a scheduling promise, not a limit the agent enforces: processes share the host (each
+    # container's own memory limit is enforced, see memcg.py).
     # Defaults are generous enough for the project's Jobs to schedule on a small CI machine.
     cpu: str = "8"
     memory: str = "32Gi"

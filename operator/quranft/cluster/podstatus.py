@@ -54,8 +54,10 @@ def termination_message(file_text: str, exit_code: int, policy: str, log_tail: s
     return message
 
 
-def terminated_state(exit_code: int, started_at: str, message: str, signal: int | None = None) -> dict:
-    state = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+def terminated_state(exit_code: int, started_at: str, message: str, signal: int | None = None,
+                     reason: str | None = None) -> dict:
+    """`reason` overrides Completed/Error, e.g. OOMKilled (the kubelet reports it whatever the exit code)."""
+    state = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
              "startedAt": started_at, "finishedAt": now()}
     if signal:
         state["signal"] = signal

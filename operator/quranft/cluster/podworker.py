@@ -1,8 +1,10 @@
 """One pod's life on the node agent: images, volumes, init containers, containers, restarts, deletion.
 
 Each container is a local process (see sandbox.py) in its own process group, so SIGTERM/SIGKILL reach
-everything it spawned. runAsUser and other securityContext fields are not applied: processes run as the
-agent's user (workloads still declare restricted contexts for the API server's PodSecurity admission).
+everything it spawned. A container with `resources.limits.memory` runs in its own memory cgroup (memcg.py)
+and ends `OOMKilled` when the kernel kills it over that limit. CPU limits are not applied, nor are runAsUser
+and other securityContext fields: processes run as the agent's user (workloads still declare restricted
+contexts for the API server's PodSecurity admission).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from . import images, volumes
 from .envvars import ContainerConfigError, command_line, container_env
 from .gpus import requested
+from .memcg import memory_limit
 from .podstatus import (ContainerRecord, foreign_conditions, now, pod_phase, pod_status, terminated_state,
                         termination_message)
 from .procs import Proc
@@ -60,6 +63,7 @@ class PodWorker(threading.Thread):
         self.procs: dict[str, tuple[subprocess.Popen, Proc, str]] = {}  # name -> (popen, proc, started)
         self.logs: dict[str, list[Path]] = {}
         self.term_files: dict[str, Path] = {}
+        self.cgroups: dict[str, Path] = {}  # container name -> its memory cgroup while it runs
         self.restart_at: dict[str, float] = {}
         self.volume_paths: dict[str, str] = {}
         self.runtimes: dict[str, images.Runtime] = {}
@@ -252,6 +256,17 @@ class PodWorker(threading.Thread):
             self._event("Warning", "Failed", f"Error: {err}")
             return False
         run_id = f"{rec.name}-{rec.restart_count}"
+        cgroup = None
+        limit = memory_limit(spec)
+        if limit and self.agent.memcg is not None:
+            try:
+                cgroup = self.agent.memcg.create(f"{self.uid}-{run_id}", limit)
+            except OSError as err:
+                rec.state = {"waiting": {"reason": "CreateContainerError",
+                                         "message": f"memory cgroup for limit {limit} bytes: {err}"}}
+                self.restart_at[rec.name] = time.monotonic() + 1.0
+                self._event("Warning", "Failed", f"Error: cannot create the memory cgroup: {err}")
+                return False
         for sub in ("logs", "term", "run"):
             (self.dir / sub).mkdir(exist_ok=True)
         log_path = self.dir / "logs" / f"{run_id}.log"
@@ -262,7 +277,8 @@ class PodWorker(threading.Thread):
         spec_file = self.dir / "run" / f"{run_id}.json"
         spec_file.write_text(json.dumps({"mounts": [m.to_json() for m in mounts], "env": env, "argv": argv,
                                          "workingDir": spec.get("workingDir") or "",
-                                         "devStage": str(self.dir / "run" / f"{run_id}-dev")}))
+                                         "devStage": str(self.dir / "run" / f"{run_id}-dev"),
+                                         "cgroup": str(cgroup) if cgroup else ""}))
         with open(log_path, "ab") as out:
             popen = subprocess.Popen([sys.executable, "-I", "-S", SANDBOX, str(spec_file)], stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={},
@@ -273,6 +289,8 @@ class PodWorker(threading.Thread):
         self.procs[rec.name] = (popen, proc, started)
         self.logs.setdefault(rec.name, []).append(log_path)
         self.term_files[rec.name] = term_file
+        if cgroup:
+            self.cgroups[rec.name] = cgroup
         rec.state = {"running": {"startedAt": started}}
         rec.container_id = f"quranft://{self.uid[:8]}-{run_id}-{popen.pid}"
         self._event("Normal", "Started", f"Started container {rec.name}", once=False)
@@ -287,11 +305,22 @@ class PodWorker(threading.Thread):
         self.agent.registry.remove(proc)
         sig = -code if code < 0 else None
         exit_code = 128 + sig if sig else code
+        reason = None
+        cgroup = self.cgroups.pop(rec.name, None)
+        if cgroup is not None:
+            # As with containerd: an OOM kill in the container's cgroup makes the reason OOMKilled, whatever
+            # process it hit (the main one dies of SIGKILL: exit code 137).
+            if self.agent.memcg.oom_killed(cgroup, sig):
+                reason = "OOMKilled"
+            peak = self.agent.memcg.peak(cgroup)
+            log.info("pod %s/%s container %s exited %s%s; peak memory %s MiB", self.ns, self.name, rec.name,
+                     exit_code, " (OOMKilled)" if reason else "", peak // 2**20 if peak is not None else "?")
+            self.agent.memcg.remove(cgroup)
         spec = self.specs[rec.name]
         text = self.term_files[rec.name].read_bytes()[:4096].decode(errors="replace")
         message = termination_message(text, exit_code, spec.get("terminationMessagePolicy") or "File",
                                       _tail(self.logs[rec.name][-1]))
-        rec.state = terminated_state(exit_code, started, message, sig)
+        rec.state = terminated_state(exit_code, started, message, sig, reason)
 
     def _kill_all(self, grace: float) -> None:
         """SIGTERM every container's process group, wait up to `grace` s, then SIGKILL."""

@@ -5,6 +5,9 @@ Stdlib only and run by path (not imported), so it starts in milliseconds and nev
 modules. Needs root (CAP_SYS_ADMIN), which CI has. Missing mount points outside /dev are created on the
 host as empty directories/files (e.g. /workspace); what is mounted on them is visible only inside the
 namespace. /dev gets a private copy (see private_dev) so nothing is created there.
+
+With a memory limit the spec names the container's memory cgroup (memcg.py): the launcher joins it first,
+so the container's whole process tree is charged there and nothing of it runs outside the limit.
 """
 from __future__ import annotations
 
@@ -73,6 +76,9 @@ def bind(source: str, target: str, read_only: bool) -> None:
 def main(argv: list[str]) -> int:
     spec = json.loads(open(argv[1]).read())
     try:
+        if spec.get("cgroup"):
+            with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
         enter_namespace()
         if spec.get("devStage") and any(m["target"].startswith("/dev/") for m in spec["mounts"]):
             private_dev(spec["devStage"])

@@ -23,6 +23,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-image", help="Default trainer image for gpus == 0.")
     p.add_argument("--progress-interval", type=float, help="Seconds between reads of the training log.")
     p.add_argument("--termination-grace-seconds", type=int, help="Grace for a training pod to checkpoint.")
+    p.add_argument("--image-pull-deadline-seconds", type=int,
+                   help="Without spec.startupDeadlineSeconds: a failing image pull fails the run after this (600).")
+    p.add_argument("--startup-deadline-seconds", type=int,
+                   help="Without spec.startupDeadlineSeconds: other start-up waits fail the run after this (300); "
+                        "an unschedulable pod (GPUs busy) waits indefinitely.")
     p.add_argument("--stage-command", action="append", default=[], metavar="STAGE=JSON",
                    help='Replace a stage command for all runs, e.g. train=\'["python","-c","..."]\' (tests).')
     p.add_argument("--allow-command-overrides", action="store_true", default=None,
@@ -43,6 +48,8 @@ def main(argv: list[str]) -> int:
         max_gpus_per_namespace=args.max_gpus_per_namespace, image_tag=args.image_tag, gpu_image=args.gpu_image,
         cpu_image=args.cpu_image, progress_interval=args.progress_interval,
         termination_grace_seconds=args.termination_grace_seconds,
+        image_pull_deadline_seconds=args.image_pull_deadline_seconds,
+        startup_deadline_seconds=args.startup_deadline_seconds,
         allow_command_overrides=args.allow_command_overrides,
         stage_commands=commands or None)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

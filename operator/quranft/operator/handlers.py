@@ -220,7 +220,8 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
                        admission_message=admission_message, sibling_data=sibling_data,
                        sibling_preparing=sibling_preparing, baseline_results=baseline_results,
                        baseline_wait=baseline_wait, baseline_error=baseline_error, progress=progress,
-                       lost=frozenset(lost))
+                       lost=frozenset(lost), image_pull_deadline_s=cfg.image_pull_deadline_seconds,
+                       default_startup_deadline_s=cfg.startup_deadline_seconds)
 
 
 def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: Mapping[str, Any],

@@ -29,6 +29,10 @@ class OperatorSettings(BaseModel):
     progress_interval: float = Field(10.0, gt=0, description="Seconds between reads of the training pod's log.")
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus port of the operator (0: off).")
     termination_grace_seconds: int = Field(300, ge=1, description="Grace for a training pod to finish a step and checkpoint.")
+    # Start-up deadlines of a stage pod when the run sets no spec.startupDeadlineSeconds (status.startup_problem);
+    # a pod the scheduler cannot place (all GPUs busy) then waits indefinitely.
+    image_pull_deadline_seconds: int = Field(600, ge=1, description="Seconds an image pull may fail before the run fails (ImagePullFailure).")
+    startup_deadline_seconds: int = Field(300, ge=1, description="Seconds any other start-up wait (secrets, volumes) may last.")
     # Cluster-wide placement of GPU training pods (Helm `workloads.gpu`), merged under each run's own.
     gpu_node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels GPU pods must match.")
     gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Extra tolerations of GPU pods.")

@@ -48,6 +48,9 @@ class Observed:
     baseline_error: str | None = None  # ... failed or missing
     progress: Mapping[str, Any] | None = None  # last QURANFT_PROGRESS line of the training pod
     lost: frozenset[str] = frozenset()  # stages whose Job the status names but the API no longer has
+    # Operator settings for a run without spec.startupDeadlineSeconds (see startup_problem).
+    image_pull_deadline_s: int = 600
+    default_startup_deadline_s: int = 300
 
 
 @dataclass
@@ -150,8 +153,22 @@ def classify_failure(job: JobView) -> tuple[str, str]:
     return job.failed_reason or "JobFailed", job.failed_message or "the Job failed"
 
 
-def startup_problem(job: JobView, now: datetime, deadline_s: int) -> tuple[str, str, bool] | None:
-    """(reason, message, fatal) when the newest pod cannot start; fatal once the start-up deadline passed."""
+# Start-up waits that are not errors in themselves: at a deadline the run fails StartupDeadlineExceeded.
+SCHEDULING_WAITS = ("WaitingForGPU", "Unschedulable")
+# A GPU that is busy with another run is the normal course of a shared cluster: a Normal event, not a Warning.
+NORMAL_WAITS = {"WaitingForGPU"}
+
+
+def startup_problem(job: JobView, now: datetime, deadline_s: int | None, image_pull_deadline_s: int = 600,
+                    default_deadline_s: int = 300) -> tuple[str, str, bool] | None:
+    """(reason, message, fatal) when the newest pod cannot start.
+
+    `deadline_s` is the run's spec.startupDeadlineSeconds: set, every wait fails once the pod is that old.
+    Unset, a pod the scheduler cannot place (e.g. all GPUs busy: WaitingForGPU) waits indefinitely, as
+    Kubernetes itself does; an image pull fails after `image_pull_deadline_s` and any other wait (secrets,
+    volumes) after `default_deadline_s`, the operator's settings. An invalid image name fails at once.
+    A wait that is no error in itself (scheduling, or no reason at all) fails as StartupDeadlineExceeded.
+    """
     if not job.pods:
         return None
     pod = job.pods[-1]
@@ -162,19 +179,31 @@ def startup_problem(job: JobView, now: datetime, deadline_s: int) -> tuple[str, 
     elif pod.waiting_reason == "CreateContainerConfigError":
         reason, message = "ContainerConfigError", pod.waiting_message or pod.waiting_reason
     elif pod.unschedulable:
-        reason, message = "Unschedulable", pod.unschedulable
+        reason, message = ("WaitingForGPU" if "nvidia.com/gpu" in pod.unschedulable else "Unschedulable"), \
+            pod.unschedulable
     else:
         reason, message = "", ""
+    limit: int | None
+    if deadline_s is not None:
+        limit, setting = deadline_s, "spec.startupDeadlineSeconds"
+    elif reason == "ImagePullFailure":
+        limit, setting = image_pull_deadline_s, "the operator's image pull deadline"
+    elif reason in SCHEDULING_WAITS:
+        limit, setting = None, ""
+        message += " (waits until " + ("a GPU is free" if reason == "WaitingForGPU" else "the scheduler can place it") \
+            + "; set spec.startupDeadlineSeconds to give up after a while)"
+    else:
+        limit, setting = default_deadline_s, "the operator's start-up deadline"
     age = (now - pod.created).total_seconds() if pod.created else 0.0
-    expired = age > deadline_s
+    expired = limit is not None and age > limit
     if not reason and not expired:
         return None
-    if not reason:
-        reason, message = "StartupDeadlineExceeded", f"pod {pod.name} did not start within {deadline_s}s"
-    fatal = expired or pod.waiting_reason in PERMANENT_WAIT_REASONS
-    if fatal and expired:
-        message = f"{message} (pod not running after startupDeadlineSeconds={deadline_s})"
-    return reason, message, fatal
+    if expired and reason in ("", *SCHEDULING_WAITS):
+        detail = f": {message}" if message else ""
+        return "StartupDeadlineExceeded", f"pod {pod.name} did not start within {limit}s ({setting}){detail}", True
+    if expired:
+        return reason, f"{message} (pod not running after {limit}s, {setting})", True
+    return reason, message, pod.waiting_reason in PERMANENT_WAIT_REASONS
 
 
 # --- the derivation -----------------------------------------------------------------------------------------
@@ -255,7 +284,9 @@ class _Pass:
             return self.done()
         if get_condition(self.new, "QuotaExceeded") and (job.pods or not job.quota_message):
             self.cond("QuotaExceeded", False, "QuotaAvailable", "pods were created")
-        problem = startup_problem(job, self.obs.now, int(self.spec.get("startupDeadlineSeconds") or 600))
+        deadline = self.spec.get("startupDeadlineSeconds")
+        problem = startup_problem(job, self.obs.now, int(deadline) if deadline is not None else None,
+                                  self.obs.image_pull_deadline_s, self.obs.default_startup_deadline_s)
         if problem:
             reason, message, fatal = problem
             if fatal:
@@ -298,6 +329,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
             p.job_name(stage, obs.jobs[stage].name)
     if obs.progress:
         _progress(p, obs.progress)
+    _startup_settled(p, obs.jobs)
 
     # 1. Operator budget: a run holds a slot from data preparation to the end of training (FIFO).
     holds_slot = "prepare" in obs.jobs or "train" in obs.jobs or condition_true(p.new, "DataReady")
@@ -450,6 +482,16 @@ def _model(spec: Mapping[str, Any], meta: Mapping[str, Any], summary: Mapping[st
     return model
 
 
+def _startup_settled(p: _Pass, jobs: Mapping[str, JobView]) -> None:
+    """StartupBlocked=True ends once the latest stage's pod has started, including one that waited, started and
+    finished between two passes (running_stage only sees unfinished Jobs)."""
+    if not condition_true(p.new, "StartupBlocked"):
+        return
+    latest = next((jobs[s] for s in ("benchmark", "train", "prepare") if s in jobs), None)
+    if latest and (latest.complete or any(pod.running or pod.terminated_reason for pod in latest.pods[-1:])):
+        p.cond("StartupBlocked", False, "Started", f"the {latest.stage} pod started")
+
+
 def _progress(p: _Pass, line: Mapping[str, Any]) -> None:
     progress = {k: line[k] for k in ("step", "maxSteps", "loss", "updatedAt") if line.get(k) is not None}
     _display(progress)
@@ -495,7 +537,8 @@ def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tu
         prev = before.get(cond["type"])
         if prev and prev.get("status") == cond.get("status") and prev.get("reason") == cond.get("reason"):
             continue
-        kind = "Warning" if cond["type"] in WARNING_CONDITIONS and cond.get("status") == "True" else "Normal"
+        kind = "Warning" if cond["type"] in WARNING_CONDITIONS and cond.get("status") == "True" and \
+            cond.get("reason") not in NORMAL_WAITS else "Normal"
         events.append((kind, cond.get("reason") or cond["type"],
                        f"{cond['type']}={cond.get('status')}: {cond.get('message', '')}"))
     return events
