@@ -52,8 +52,14 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def export_model(model, path: Path, half: bool) -> None:
-    """Write model.nemo atomically; `half` stores fp16 weights (about half the size)."""
+def export_model(model, path: Path, half: bool, head: str = "rnnt") -> None:
+    """Write model.nemo atomically; `half` stores fp16 weights (about half the size). `head` is the decoder
+    the model ships with (ctc for a ctcOnly run, whose RNNT head is frozen and stale): its greedy decoding
+    config and the `decoder_type` cfg key go into the file (quranft.trainer.decoding says why NeMo needs that).
+    The model is switched to `head` and, with `half`, cast to fp16 in place."""
+    from quranft.trainer.decoding import record_head
+
+    record_head(model, head)
     if half:
         model = model.half()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -155,7 +161,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
         metrics.stop()
 
     model_path = run_dir / "model.nemo"
-    export_model(model, model_path, t.half_precision_weights)
+    export_model(model, model_path, t.half_precision_weights, head="ctc" if t.mode == "ctcOnly" else "rnnt")
     losses = telemetry.final_losses()
     telemetry.progress.report(step=trainer.global_step, max_steps=t.max_steps, loss=losses.get("total"),
                               lr=None, epoch=trainer.current_epoch, force=True)
