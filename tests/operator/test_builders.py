@@ -206,3 +206,33 @@ def test_gpu_placement_settings_parse_from_the_environment():
     s = settings_from_env({"QURANFT_OPERATOR_GPU_NODE_SELECTOR": '{"gpu-type": "h100"}',
                            "QURANFT_OPERATOR_GPU_TOLERATIONS": '[{"key": "dedicated", "operator": "Exists"}]'})
     assert s.gpu_node_selector == {"gpu-type": "h100"} and s.gpu_tolerations[0]["key"] == "dedicated"
+
+
+@pytest.mark.parametrize("cpu, cores", [("2", "2"), ("500m", "1"), (8, "8"), ("1.5", "2")])
+def test_stage_containers_learn_their_cpu_request_from_the_downward_api(cpu, cores):
+    from quranft.cluster.envvars import container_env
+
+    for stage in ("prepare", "train", "benchmark"):
+        pod = _job(stage, resources={"cpu": cpu})["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        var = next(e for e in container["env"] if e["name"] == "QURANFT_CPU_REQUEST")
+        assert var == {"name": "QURANFT_CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
+            "containerName": stage, "resource": "requests.cpu", "divisor": "1"}}}
+        # The embedded node agent resolves it as the kubelet does: whole cores, rounded up.
+        env = container_env({"metadata": {"name": "p", "namespace": "team-a"}, "spec": pod}, container, {},
+                            lambda *_: None)
+        assert env["QURANFT_CPU_REQUEST"] == cores
+
+
+def test_a_resource_field_ref_may_name_another_container():
+    from quranft.cluster.envvars import ContainerConfigError, container_env
+
+    ref = {"resourceFieldRef": {"containerName": "sidecar", "resource": "requests.cpu", "divisor": "1"}}
+    main = {"name": "main", "env": [{"name": "SIDECAR_CPU", "valueFrom": ref}],
+            "resources": {"requests": {"cpu": "1"}}}
+    pod = {"metadata": {"name": "p", "namespace": "ns"},
+           "spec": {"containers": [main, {"name": "sidecar", "resources": {"requests": {"cpu": "3"}}}]}}
+    assert container_env(pod, main, {}, lambda *_: None)["SIDECAR_CPU"] == "3"
+    pod["spec"]["containers"].pop()
+    with pytest.raises(ContainerConfigError, match="no container 'sidecar'"):
+        container_env(pod, main, {}, lambda *_: None)

@@ -168,3 +168,53 @@ def test_optional_id_columns_leave_existing_cache_keys_alone():
     assert "176aee83b17d" not in keys and len(keys) == 2
     with pytest.raises(Exception, match="surahColumn and ayahColumn go together"):
         DataSpec(surahColumn="surah")
+
+
+def test_a_pinned_revision_changes_the_data_hash_and_unset_leaves_it_alone():
+    assert data_spec_hash({"revision": None, "maxUnkRate": 0.001}) == "176aee83b17d"
+    pinned = data_spec_hash(load_config(None, ["data.revision=v1.0"]).data)
+    other = data_spec_hash(load_config(None, ["data.revision=0123abcd"]).data)
+    assert len({"176aee83b17d", pinned, other}) == 3
+    assert data_spec_hash(load_config(None, ["data.revision=v1.0", "training.maxSteps=9"]).data) == pinned
+    # The blend's revision is optional the same way, inside the nested spec.
+    blend = load_config(None, ["data.blend.maxSamples=10"]).data
+    blend_pinned = load_config(None, ["data.blend.maxSamples=10", "data.blend.revision=abc"]).data
+    assert data_spec_hash({**blend.model_dump(by_alias=True), "blend": {**blend.blend.model_dump(by_alias=True),
+                                                                      "revision": None}}) == data_spec_hash(blend)
+    assert data_spec_hash(blend_pinned) != data_spec_hash(blend)
+    with pytest.raises(ConfigError, match="data.revision"):
+        load_config(None, ["data.revision="])
+
+
+def test_max_unk_rate_is_a_threshold_outside_the_data_hash():
+    assert DataSpec().max_unk_rate == 0.001
+    assert data_spec_hash(load_config(None, ["data.maxUnkRate=0.2"]).data) == "176aee83b17d"
+    with pytest.raises(ConfigError, match="data.maxUnkRate"):
+        load_config(None, ["data.maxUnkRate=2"])
+
+
+def test_num_workers_default_from_the_cpu_request(monkeypatch):
+    import os
+
+    from quranft.trainer.model import cpu_budget, data_workers
+
+    assert load_config().training.num_workers is None
+    assert load_config(None, ["training.numWorkers=0"]).training.num_workers == 0
+    assert [data_workers(None, cpus) for cpus in (1, 2, 4, 9, 64)] == [0, 1, 3, 8, 8]
+    assert data_workers(0, 16) == 0 and data_workers(12, 2) == 12  # an explicit value wins
+    assert cpu_budget({"QURANFT_CPU_REQUEST": "6"}) == 6
+    assert cpu_budget({}) == cpu_budget({"QURANFT_CPU_REQUEST": "0"}) == len(os.sched_getaffinity(0))
+    assert cpu_budget({"QURANFT_CPU_REQUEST": "lots"}) == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("QURANFT_CPU_REQUEST", "3")
+    assert data_workers(None) == 2
+
+
+def test_precision_auto_prefers_bf16_where_the_gpu_has_it():
+    from quranft.trainer.train import resolve_precision
+
+    assert resolve_precision("auto", cuda=False) == "32"
+    assert resolve_precision("auto", cuda=True, bf16=True) == "bf16-mixed"
+    assert resolve_precision("auto", cuda=True, bf16=False) == "16-mixed"
+    assert resolve_precision("32", cuda=True, bf16=True) == "32"
+    with pytest.raises(ConfigError, match="16-mixed needs a GPU"):
+        resolve_precision("16-mixed", cuda=False)

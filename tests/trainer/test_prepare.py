@@ -16,6 +16,8 @@ import soundfile as sf
 
 from prepare_fixtures import QURAN_TRAIN, QURAN_VAL, RETASY, VERSE, synth_m4a
 from quranft.trainer import prepare as prep
+from quranft.trainer import sources
+from quranft.trainer import vocab
 from quranft.trainer.audio import decode
 from quranft.trainer.config import data_spec_hash, load_config
 from quranft.trainer.errors import DataError
@@ -23,7 +25,7 @@ from quranft.trainer.errors import DataError
 
 def config(workspace: Path, local_path: Path, *extra: str, blend: Path | None = None):
     overrides = [f"run.workspace={workspace}", "data.source=local", f"data.localPath={local_path}",
-                 "data.maxDurationSeconds=5", *extra]
+                 "data.maxDurationSeconds=5", "training.baseModel=tiny", *extra]
     if blend is not None:
         overrides.append(f"data.blend.localPath={blend}")
     return load_config(None, overrides)
@@ -45,6 +47,11 @@ def quiet(_line: str) -> None:
     pass
 
 
+def tiny_fold(text: str) -> str:
+    """What the vocabulary gate writes for the tiny tokenizer (bare letters: harakat are dropped)."""
+    return vocab.fold(text.strip(), vocab.load_tokenizer("tiny").inventory)
+
+
 def test_prepare_filters_and_writes_16k_mono_manifests(tmp_path, local_quran_dataset):
     cfg = config(tmp_path / "ws", local_quran_dataset)
     lines: list[str] = []
@@ -61,8 +68,10 @@ def test_prepare_filters_and_writes_16k_mono_manifests(tmp_path, local_quran_dat
     train = read_manifest(data_dir / "train_manifest.json")
     val = read_manifest(data_dir / "val_manifest.json")
     kept_texts = [text.strip() for _, text, outcome in QURAN_TRAIN if outcome == "keep"]
-    assert [row["text"] for row in train] == kept_texts  # stripped, diacritics untouched, input order
-    assert train[0]["text"] == VERSE.strip()
+    # Folded into the tiny tokenizer's bare letters, in input order; the dataset's own text is kept beside it.
+    assert [row["text"] for row in train] == [tiny_fold(t) for t in kept_texts]
+    assert [row["source_text"] for row in train] == kept_texts
+    assert train[0]["text"] == "بسم الله الرحمن الرحيم" and train[0]["source_text"] == VERSE.strip()
     assert len(val) == expected(QURAN_VAL, "keep")
     for row in train + val:
         path = Path(row["audio_filepath"])
@@ -83,7 +92,18 @@ def test_prepare_filters_and_writes_16k_mono_manifests(tmp_path, local_quran_dat
     assert stats["train"]["durationSeconds"] == pytest.approx(sum(r["duration"] for r in train), abs=1e-2)
     assert stats["val"]["sources"]["primary"]["tooShort"] == 1
     assert stats["dataSpecHash"] == key and stats["spec"]["localPath"] == str(local_quran_dataset)
-    assert summary["stats"] == {"train": stats["train"], "val": stats["val"]}
+    assert primary["revision"] is None and primary["resolvedRevision"] is None  # local: no revision
+    words = stats["vocabulary"]
+    assert words["tokenizer"]["baseModel"] == "tiny" and words["maxUnkRate"] == 0.001
+    assert words["tokenizer"]["sha256"] == vocab.load_tokenizer("tiny").sha256
+    assert words["train"]["primary"]["unkRate"] == 0 and words["train"]["primary"]["oov"] == []
+    assert words["train"]["primary"]["transcripts"] == 4 and words["train"]["primary"]["changedByFold"] == 4
+    assert {f["from"] for f in words["train"]["primary"]["folded"]} >= {"\u25cc\u064e", "\u25cc\u0651"}  # ◌َ ◌ّ
+    assert words["val"]["primary"]["tokens"] > 0
+    assert summary["stats"] == {"train": stats["train"], "val": stats["val"], "vocabulary": {
+        "tokenizer": words["tokenizer"]["sha256"][:12], "maxUnkRate": 0.001,
+        "train/primary": {"unkRate": 0.0, "tokens": words["train"]["primary"]["tokens"], "oov": {}},
+        "val/primary": {"unkRate": 0.0, "tokens": words["val"]["primary"]["tokens"], "oov": {}}}}
     assert any("train/primary done" in line for line in lines)
 
 
@@ -115,7 +135,8 @@ def test_blend_drops_excluded_labels_and_joins_training_only(tmp_path, local_qur
 
     blended = [r for r in train if "/audio/train/blend/" in r["audio_filepath"]]
     kept = [i for i, (_, _, outcome) in enumerate(RETASY) if outcome == "keep"]
-    assert [r["text"] for r in blended] == [f"قُلْ هُوَ اللَّهُ أَحَدٌ {i}" for i in kept]
+    assert [r["source_text"] for r in blended] == [f"قُلْ هُوَ اللَّهُ أَحَدٌ {i}" for i in kept]
+    assert {r["text"] for r in blended} == {"قل هو الله احد"}  # harakat, hamza form and the verse number folded
     assert len(train) == 4 + len(kept)
     assert train[:4] == [r for r in train if "/primary/" in r["audio_filepath"]]  # primary first
     assert not any("/blend/" in r["audio_filepath"] for r in val)
@@ -322,14 +343,70 @@ def test_hub_sources_stream_by_name_and_leave_the_token_to_the_environment(
         return real_load_dataset(str(local_quran_parquet), **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", hub)
+    # The hub's answer to "which commit is this revision now": the Quran corpus answers, RetaSy cannot.
+    resolved = []
+
+    def resolve(name, revision=None):
+        resolved.append((name, revision))
+        return "c0ffee" * 6 + "abcd" if name == "rabah2026/Quran-Ayah-Corpus" else None
+
+    monkeypatch.setattr(sources, "resolve_revision", resolve)
     cfg = load_config(None, [f"run.workspace={tmp_path / 'ws'}", "data.maxDurationSeconds=5",
-                             "data.blend.maxSamples=2"])
+                             "data.blend.maxSamples=2", "training.baseModel=tiny"])
     summary = prep.prepare(cfg, log=quiet)
+    sha = "c0ffee" * 6 + "abcd"
+    assert resolved == [("rabah2026/Quran-Ayah-Corpus", None), ("RetaSy/quranic_audio_dataset", None)]  # once each
+    # Unpinned, the corpus is read at the commit it resolved to (train and validation alike); RetaSy as is.
     assert calls == [
-        ("rabah2026/Quran-Ayah-Corpus", {"split": "train", "streaming": True}),
+        ("rabah2026/Quran-Ayah-Corpus", {"split": "train", "streaming": True, "revision": sha}),
         ("RetaSy/quranic_audio_dataset", {"split": "train", "streaming": True}),
-        ("rabah2026/Quran-Ayah-Corpus", {"split": "validation", "streaming": True}),
+        ("rabah2026/Quran-Ayah-Corpus", {"split": "validation", "streaming": True, "revision": sha}),
     ]
-    sources = summary["stats"]["train"]["sources"]
-    assert sources["primary"]["dataset"] == "rabah2026/Quran-Ayah-Corpus" and sources["primary"]["kept"] == 4
-    assert sources["blend"]["kept"] == 2 and sources["blend"]["excludedLabel"] == 0  # rows 0-1: no bad label
+    train_sources = summary["stats"]["train"]["sources"]
+    assert train_sources["primary"]["dataset"] == "rabah2026/Quran-Ayah-Corpus"
+    assert train_sources["primary"]["kept"] == 4
+    blend = train_sources["blend"]
+    assert blend["kept"] == 2 and blend["excludedLabel"] == 0  # rows 0-1: no bad label
+    # The revision read is recorded (stats.json and the summary, hence status.data.stats); unknown never fails.
+    assert (train_sources["primary"]["revision"], train_sources["primary"]["resolvedRevision"]) == (None, sha)
+    assert (train_sources["blend"]["revision"], train_sources["blend"]["resolvedRevision"]) == (None, "unknown")
+    assert summary["stats"]["val"]["sources"]["primary"]["resolvedRevision"] == sha
+    stats = json.loads((Path(summary["dataDir"]) / "stats.json").read_text())
+    assert stats["train"]["sources"]["primary"]["resolvedRevision"] == sha
+
+
+def test_a_pinned_revision_is_read_as_pinned_and_keys_its_own_directory(
+        tmp_path, monkeypatch, local_quran_parquet, local_retasy_dataset):
+    import datasets
+
+    real_load_dataset = datasets.load_dataset
+    calls = []
+
+    def hub(name, **kwargs):
+        calls.append((name, kwargs.get("revision")))
+        if name == "RetaSy/quranic_audio_dataset":
+            return datasets.load_from_disk(str(local_retasy_dataset)).to_iterable_dataset()
+        return real_load_dataset(str(local_quran_parquet), **{k: v for k, v in kwargs.items() if k != "revision"})
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    monkeypatch.setattr(sources, "resolve_revision", lambda name, revision=None: f"sha-of-{revision or 'main'}")
+
+    def run(*extra):
+        cfg = load_config(None, [f"run.workspace={tmp_path / 'ws'}", "data.maxDurationSeconds=5",
+                                 "data.blend.maxSamples=1", "training.baseModel=tiny", *extra])
+        return prep.prepare(cfg, log=quiet)
+
+    unpinned = run()
+    pinned = run("data.revision=v1.0")
+    again = run("data.revision=v1.0", "run.name=sibling", "training.maxSteps=99")
+    blend_pinned = run("data.revision=v1.0", "data.blend.revision=abc123")
+    assert len({unpinned["dataDir"], pinned["dataDir"], blend_pinned["dataDir"]}) == 3
+    assert again["dataDir"] == pinned["dataDir"] and again["reused"] is True  # one prepared copy per revision
+    assert calls.count(("rabah2026/Quran-Ayah-Corpus", "sha-of-v1.0")) == 4  # train + val, for two builds
+    assert ("RetaSy/quranic_audio_dataset", "sha-of-abc123") in calls
+    primary = pinned["stats"]["train"]["sources"]["primary"]
+    assert (primary["revision"], primary["resolvedRevision"]) == ("v1.0", "sha-of-v1.0")
+    blend = blend_pinned["stats"]["train"]["sources"]["blend"]
+    assert (blend["revision"], blend["resolvedRevision"]) == ("abc123", "sha-of-abc123")
+    assert sorted(p.name for p in (tmp_path / "ws" / "data").iterdir()) == sorted(
+        Path(s["dataDir"]).name for s in (unpinned, pinned, blend_pinned))

@@ -82,6 +82,18 @@ def resource_ref(container: dict, ref: dict, node_capacity: dict[str, str]) -> s
     return str(int((_quantity(str(value)) / divisor).to_integral_value(rounding=ROUND_CEILING)))
 
 
+def referenced_container(pod: dict, container: dict, ref: dict) -> dict:
+    """The container a resourceFieldRef names (`containerName`; for env it defaults to the container itself)."""
+    name = ref.get("containerName")
+    if not name or name == container.get("name"):
+        return container
+    spec = pod.get("spec") or {}
+    for other in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        if other.get("name") == name:
+            return other
+    raise ContainerConfigError(f"resourceFieldRef: no container {name!r} in the pod")
+
+
 def _key_ref(ref: dict, kind: str, namespace: str, fetch: Fetch) -> str | None:
     obj = fetch(kind, namespace, ref["name"])
     optional = bool(ref.get("optional"))
@@ -121,7 +133,8 @@ def container_env(pod: dict, container: dict, base: dict[str, str], fetch: Fetch
         if source.get("fieldRef"):
             value: str | None = field_ref(pod, source["fieldRef"]["fieldPath"])
         elif source.get("resourceFieldRef"):
-            value = resource_ref(container, source["resourceFieldRef"], node_capacity or {})
+            ref = source["resourceFieldRef"]
+            value = resource_ref(referenced_container(pod, container, ref), ref, node_capacity or {})
         elif source.get("configMapKeyRef"):
             value = _key_ref(source["configMapKeyRef"], "ConfigMap", namespace, fetch)
         elif source.get("secretKeyRef"):

@@ -236,11 +236,14 @@ def _resources(spec: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return out
 
 
-def _env(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _env(meta: Mapping[str, Any], container: str) -> list[dict[str, Any]]:
     return [
         {"name": "QURANFT_RUN", "value": meta["name"]},
         {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
         {"name": "HOME", "value": "/tmp"},
+        # Whole cores requested (rounded up): the trainer sizes its data loader workers by it.
+        {"name": "QURANFT_CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
+            "containerName": container, "resource": "requests.cpu", "divisor": "1"}}},
     ]
 
 
@@ -268,7 +271,7 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "image": stage_image(spec, stage, settings),
         "imagePullPolicy": images.get("pullPolicy") or settings.image_pull_policy,
         "command": stage_command(stage, spec, meta, settings, **bench_kwargs),
-        "env": _env(meta),
+        "env": _env(meta, stage),
         "resources": _resources(spec, stage),
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE},

@@ -41,6 +41,8 @@ class RunSpec(_Model):
 
 class BlendSpec(_Model):
     dataset: str = Field(RETASY_CORPUS, description="Hub dataset blended into the training split.")
+    revision: str | None = Field(None, min_length=1, max_length=256,
+                                 description="Hub commit, tag or branch of the blend dataset (unset: newest).")
     local_path: Path | None = Field(None, description="Local copy of the blend dataset (air-gapped).")
     split: str = "train"
     max_samples: int = Field(6000, ge=1, description="At most this many blended samples.")
@@ -54,6 +56,8 @@ class BlendSpec(_Model):
 class DataSpec(_Model):
     source: Literal["hub", "local"] = Field("hub", description="Hub dataset name or a local directory.")
     dataset: str = Field(QURAN_CORPUS, description="Hub dataset name (source=hub).")
+    revision: str | None = Field(None, min_length=1, max_length=256,
+                                 description="Hub commit, tag or branch of `dataset` (unset: newest).")
     local_path: Path | None = Field(None, description="Directory `datasets` can load (source=local).")
     train_split: str = "train"
     val_split: str = "validation"
@@ -69,6 +73,9 @@ class DataSpec(_Model):
     reciter_column: str | None = Field(None, description="Column naming the reciter (speaker) of each clip.")
     surah_column: str | None = Field(None, description="Column with each clip's surah number.")
     ayah_column: str | None = Field(None, description="Column with each clip's ayah number.")
+    # The vocabulary gate (quranft.trainer.vocab): a threshold, not content, so it stays out of the data hash.
+    max_unk_rate: float = Field(0.001, ge=0, le=1,
+                                description="Fail prepare when more of a dataset's tokens than this are <unk>.")
 
     @model_validator(mode="after")
     def _check(self) -> "DataSpec":
@@ -81,8 +88,11 @@ class DataSpec(_Model):
         return self
 
 
-# DataSpec fields added after data_spec_hash was first published: left out of the hash while unset.
-HASH_OPTIONAL_FIELDS = ("reciterColumn", "surahColumn", "ayahColumn")
+# DataSpec fields added after data_spec_hash was first published: left out of the hash while unset, so
+# existing specs keep their key. Dotted paths reach into the blend.
+HASH_OPTIONAL_FIELDS = ("reciterColumn", "surahColumn", "ayahColumn", "revision", "blend.revision")
+# Never in the hash: they do not change what prepare writes (maxUnkRate is re-checked on every reuse).
+HASH_EXCLUDED_FIELDS = ("maxUnkRate",)
 
 
 class FreezeSpec(_Model):
@@ -103,13 +113,14 @@ class TrainingSpec(_Model):
     ctc_weight: float = Field(0.3, ge=0, le=1, description="CTC share of the hybrid loss.")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
     precision: Literal["auto", "bf16-mixed", "16-mixed", "32"] = Field(
-        "auto", description="auto: bf16-mixed on GPU, 32 on CPU.")
+        "auto", description="auto: bf16-mixed on a GPU that supports it, else 16-mixed; 32 on CPU.")
     val_check_interval: int = Field(200, ge=1, description="Validate (CTC WER) every N steps.")
     checkpoint_every_n_steps: int = Field(100, ge=1)
     gradient_clip_val: float = Field(1.0, ge=0)
     half_precision_weights: bool = Field(False, description="Store model.nemo weights in fp16.")
     seed: int = 1234
-    num_workers: int = Field(0, ge=0, le=64)
+    num_workers: int | None = Field(None, ge=0, le=64, description=(
+        "DataLoader worker processes; unset: one less than the CPU request, at most 8."))
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingSpec":
@@ -200,14 +211,23 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def data_spec_hash(data: DataSpec | dict[str, Any]) -> str:
-    """The data cache key: 12 hex chars over the normalised data spec (all fields, defaults included).
+    """The data cache key: 12 hex chars over the normalised data spec (all fields, defaults included,
+    except HASH_EXCLUDED_FIELDS, and HASH_OPTIONAL_FIELDS while unset).
 
-    Sibling experiments with the same data (v2..v5 of the plan) share one prepared directory.
+    Sibling experiments with the same data (v2..v5 of the plan) share one prepared directory. A pinned
+    `revision` changes the key; an unpinned hub dataset is read at its newest revision the first time and
+    that copy is reused (stats.json records the revision it was).
     """
     spec = data if isinstance(data, DataSpec) else DataSpec.model_validate(data)
     doc = spec.model_dump(mode="json", by_alias=True)
-    for key in HASH_OPTIONAL_FIELDS:
-        if doc.get(key) is None:
-            doc.pop(key, None)
+    for key in HASH_EXCLUDED_FIELDS:
+        doc.pop(key, None)
+    for path in HASH_OPTIONAL_FIELDS:
+        *parents, leaf = path.split(".")
+        node: Any = doc
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) is None:
+            node.pop(leaf, None)
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -1,6 +1,9 @@
 """Base model loading, freezing and data wiring (NeMo's fine-tune steps: base model -> freeze -> data)."""
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,8 @@ from quranft.trainer.errors import DataError
 
 TRAIN_MANIFEST = "train_manifest.json"
 VAL_MANIFEST = "val_manifest.json"
+CPU_REQUEST_ENV = "QURANFT_CPU_REQUEST"  # the container's requests.cpu in whole cores (downward API)
+MAX_AUTO_WORKERS = 8
 
 
 def load_base(base_model: str):
@@ -76,26 +81,78 @@ def manifest_paths(data_dir: Path) -> tuple[Path, Path]:
     return train, val
 
 
+def training_manifests(model, data_dir: Path, run_dir: Path, *, base_model: str, max_unk_rate: float,
+                       log: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """The prepared manifests, or, when prepare folded their transcripts for another tokenizer (a sibling
+    run's base model shares the data spec, hence the directory), copies refolded for this model's tokenizer
+    in run_dir/manifests/ (gated by maxUnkRate like prepare; DataError when above)."""
+    from quranft.trainer import vocab
+
+    train, val = manifest_paths(data_dir)
+    tokenizer = vocab.Tokenizer.from_model(model, base_model)
+    try:
+        stats = json.loads((data_dir / "stats.json").read_text())
+    except (OSError, ValueError):
+        stats = None
+    prepared_for = vocab.recorded_tokenizer(stats)
+    if prepared_for == tokenizer.sha256:
+        return train, val
+    out = run_dir / "manifests"
+    log(f"train: {data_dir} was prepared for tokenizer {(prepared_for or 'none (before the gate)')[:12]}, "
+        f"{base_model} has {tokenizer.sha256[:12]}: training on its transcripts refolded into {out}")
+    counts = vocab.refold_all({"train": train, "val": val}, vocab.Gate(tokenizer, max_unk_rate), out)
+    for name, c in counts.items():
+        log(f"train: {name}: {c.changed} of {c.transcripts} transcripts refolded, <unk> rate {c.unk_rate:.4%}")
+    return out / train.name, out / val.name
+
+
+def cpu_budget(env: Mapping[str, str] | None = None) -> int:
+    """Whole CPUs this container may use: its CPU request (QURANFT_CPU_REQUEST, set by the operator from
+    the downward API), else the CPUs this process may run on."""
+    env = os.environ if env is None else env
+    try:
+        requested = int(env.get(CPU_REQUEST_ENV, "") or 0)
+    except ValueError:
+        requested = 0
+    if requested > 0:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def data_workers(requested: int | None, cpus: int | None = None) -> int:
+    """training.numWorkers, or when unset one worker per CPU but the one training runs on, at most 8."""
+    if requested is not None:
+        return requested
+    cpus = cpu_budget() if cpus is None else cpus
+    return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
+
+
 def count_lines(path: Path) -> int:
     with path.open("rb") as fh:
         return sum(1 for line in fh if line.strip())
 
 
 def dataset_config(manifest: Path, spec: TrainingSpec, *, sample_rate: int, shuffle: bool,
-                   pin_memory: bool) -> dict[str, Any]:
+                   pin_memory: bool, num_workers: int | None = None) -> dict[str, Any]:
     # Durations were filtered by `prepare`; NeMo's own min/max filters stay off so counts match stats.json.
+    workers = data_workers(spec.num_workers) if num_workers is None else num_workers
     return {"manifest_filepath": str(manifest), "sample_rate": sample_rate, "batch_size": spec.batch_size,
-            "shuffle": shuffle, "num_workers": spec.num_workers, "pin_memory": pin_memory,
+            "shuffle": shuffle, "num_workers": workers, "pin_memory": pin_memory,
             "max_duration": None, "min_duration": None, "trim_silence": False, "use_start_end_token": False}
 
 
-def setup_data(model, data_dir: Path, spec: TrainingSpec, *, pin_memory: bool) -> dict[str, int]:
-    train, val = manifest_paths(data_dir)
+def setup_data(model, manifests: tuple[Path, Path], spec: TrainingSpec, *, pin_memory: bool,
+               num_workers: int | None = None) -> dict[str, int]:
+    """Wire the (train, val) manifests into the model; pin_memory only helps copies to a GPU."""
+    train, val = manifests
     sample_rate = int(model.cfg.sample_rate)
     model.setup_training_data(dataset_config(train, spec, sample_rate=sample_rate, shuffle=True,
-                                             pin_memory=pin_memory))
+                                             pin_memory=pin_memory, num_workers=num_workers))
     model.setup_validation_data(dataset_config(val, spec, sample_rate=sample_rate, shuffle=False,
-                                               pin_memory=pin_memory))
+                                               pin_memory=pin_memory, num_workers=num_workers))
     return {"trainSamples": count_lines(train), "valSamples": count_lines(val)}
 
 

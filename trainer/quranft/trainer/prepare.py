@@ -10,6 +10,17 @@ benchmark's hub corpora (`quranft.benchmark.corpus_source`, under `<workspace>/c
 Each manifest line also carries `pcm_sha256` (of the 16-bit PCM in its WAV: the benchmark's leakage check)
 and, when the data spec names those columns, `reciter` and `verses`. NeMo's manifest reader ignores keys it
 does not know.
+
+Transcripts pass the vocabulary gate (quranft.trainer.vocab): `text` is folded into the characters the
+tokenizer of `training.baseModel` knows (`source_text` keeps the dataset's own text when the fold changed
+it), and a dataset whose `<unk>` rate is above `data.maxUnkRate` is a DataError naming the characters.
+The directory stays keyed by the data spec alone (the operator computes that key without the model, and
+siblings share it); stats.json records the tokenizer's sha256. A run whose base model has another tokenizer
+reuses the audio and is gated on the transcripts refolded from `source_text`; its train stage trains on
+refolded copies of the manifests in its own run directory (quranft.trainer.model.training_manifests).
+
+Hub datasets are read at a pinned commit: `data.revision` (or the blend's) when set, else the commit the
+default branch points at when the build starts; stats.json records both (`revision`, `resolvedRevision`).
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -29,6 +40,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from quranft.trainer import vocab
 from quranft.trainer.config import DataSpec, RunConfig, data_spec_hash
 from quranft.trainer.errors import DataError
 
@@ -48,6 +60,8 @@ class SourceCounts:
     """What happened to the rows of one source feeding one manifest (stats.json, camelCase)."""
     dataset: str
     split: str
+    revision: str | None = None  # as the data spec pins it (hub sources)
+    resolved_revision: str | None = None  # the commit read (hub sources; "unknown" when the hub did not say)
     rows_read: int = 0
     kept: int = 0
     excluded_label: int = 0
@@ -84,6 +98,7 @@ class Source:
     reciter_column: str | None = None  # carried into the manifest for the leakage check
     surah_column: str | None = None
     ayah_column: str | None = None
+    revision: str | None = None  # hub commit, tag or branch (None: the default branch)
 
     def id_columns(self) -> list[str]:
         return [c for c in (self.reciter_column, self.surah_column, self.ayah_column) if c]
@@ -92,23 +107,24 @@ class Source:
 def sources_for(data: DataSpec) -> dict[str, list[Source]]:
     """Sources per manifest: the primary splits; the blend joins the training manifest only."""
     def primary(split: str, limit: int | None) -> Source:
-        return Source("primary", data.dataset, data.local_path if data.source == "local" else None, split,
-                      limit, data.text_column, data.audio_column, reciter_column=data.reciter_column,
-                      surah_column=data.surah_column, ayah_column=data.ayah_column)
+        local = data.local_path if data.source == "local" else None
+        return Source("primary", data.dataset, local, split, limit, data.text_column, data.audio_column,
+                      reciter_column=data.reciter_column, surah_column=data.surah_column,
+                      ayah_column=data.ayah_column, revision=data.revision if local is None else None)
 
     train = [primary(data.train_split, data.max_train_samples)]
     if data.blend is not None:
         b = data.blend
         train.append(Source("blend", b.dataset, b.local_path, b.split, b.max_samples, b.text_column,
                             data.audio_column, b.label_column, frozenset(b.exclude_labels),
-                            b.duration_ms_column))
+                            b.duration_ms_column, revision=b.revision if b.local_path is None else None))
     return {"train": train, "val": [primary(data.val_split, data.max_val_samples)]}
 
 
 # ---------------------------------------------------------------------------------------------- rows
 
 def clean_text(value: Any) -> str:
-    # Verse text is kept as written (diacritics, Uthmani marks); the tokenizer side normalises it.
+    # Stripped only; the vocabulary gate then folds what the tokenizer does not know (write_source).
     return value.strip() if isinstance(value, str) else ""
 
 
@@ -206,23 +222,31 @@ class Ticker:
 
 
 def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, manifest_name: str,
-                 min_s: float, max_s: float, workers: int, ticker: Ticker) -> SourceCounts:
-    """Filter, decode and write one source's rows; append its manifest lines. Returns its counts."""
+                 min_s: float, max_s: float, workers: int, ticker: Ticker, gate: vocab.Gate,
+                 resolved_revision: str | None = None) -> tuple[SourceCounts, vocab.VocabCounts]:
+    """Filter, fold, decode and write one source's rows; append its manifest lines. Returns its counts.
+
+    `resolved_revision` (a hub source's commit) is what is read; "unknown" reads `src.revision` as given.
+    """
     from quranft.trainer.audio import SAMPLE_RATE, UndecodableAudio, pcm_sha256, write_wav
     from quranft.trainer.sources import open_rows
 
-    counts = SourceCounts(src.dataset if src.local_path is None else str(src.local_path), src.split)
+    counts = SourceCounts(src.dataset if src.local_path is None else str(src.local_path), src.split,
+                          revision=src.revision, resolved_revision=resolved_revision)
+    words = vocab.VocabCounts()
     if src.limit == 0:
-        return counts
+        return counts, words
     required = [src.text_column] + ([src.label_column] if src.exclude_labels and src.label_column else []) \
         + src.id_columns()
+    pinned = resolved_revision if resolved_revision not in (None, "unknown") else src.revision
     rows = open_rows(dataset=src.dataset, local_path=src.local_path, split=src.split,
-                     audio_column=src.audio_column, required_columns=required)
+                     audio_column=src.audio_column, required_columns=required, revision=pinned)
     rel_root = Path("audio") / manifest_name / src.name
     label = f"{manifest_name}/{src.name}"
 
-    def tagged_rows() -> Iterator[tuple[tuple[int, str, str | None, dict[str, Any]], Any]]:
-        """Every row as ((index, text, reason to drop it or None, its ids), audio to decode or None)."""
+    def tagged_rows() -> Iterator[tuple[tuple[int, str, str, str | None, dict[str, Any], Counter], Any]]:
+        """Every row as ((index, text, folded text, reason to drop it or None, its ids, what the fold
+        changed), audio to decode or None). Folding first lets a transcript with nothing left skip decoding."""
         index = 0
         iterator = iter(rows)
         while True:
@@ -234,11 +258,16 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
                 raise DataError(f"reading {counts.dataset} split {src.split!r} failed after "
                                 f"{index} rows: {type(exc).__name__}: {exc}") from exc
             reason, text = precheck(row, src, min_s, max_s)
-            yield (index, text, reason, clip_ids(row, src)), (None if reason else row.get(src.audio_column))
+            changes: Counter = Counter()
+            folded = "" if reason else vocab.fold(text, gate.tokenizer.inventory, changes)
+            if reason is None and not folded:
+                reason = "empty_text"  # only marks or verse numbers
+            yield ((index, text, folded, reason, clip_ids(row, src), changes),
+                   None if reason else row.get(src.audio_column))
             index += 1
 
     # Results come back in stream order, so the counts cover exactly the rows up to the cap.
-    for (index, text, reason, ids), samples in ordered_map(decode_clip, tagged_rows(), workers):
+    for (index, text, folded, reason, ids, changes), samples in ordered_map(decode_clip, tagged_rows(), workers):
         counts.rows_read += 1
         ticker.tick(label, counts)
         if reason is None and isinstance(samples, UndecodableAudio):
@@ -253,32 +282,56 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
         (build_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         write_wav(build_dir / rel, samples)
         # Paths point at the final location: the manifest is read after the rename.
-        line = {"audio_filepath": str(final_dir / rel), "duration": round(seconds, 4), "text": text,
-                "pcm_sha256": pcm_sha256(samples), **ids}
+        line = {"audio_filepath": str(final_dir / rel), "duration": round(seconds, 4), "text": folded,
+                **({"source_text": text} if folded != text else {}), "pcm_sha256": pcm_sha256(samples), **ids}
         manifest.write(json.dumps(line, ensure_ascii=False) + "\n")
         counts.kept += 1
         counts.duration_seconds += seconds
+        words.folded.update(changes)
+        gate.count(folded, words, changed=folded != text)
         if src.limit is not None and counts.kept >= src.limit:
             break
-    return counts
+    return counts, words
 
 
-def build(data: DataSpec, build_dir: Path, final_dir: Path, *, key: str, workers: int, log: Log) -> dict:
+def resolve_revisions(sources: Iterable[Source], log: Log) -> dict[tuple[str, str | None], str]:
+    """The commit each hub source will be read at (once per dataset and requested revision)."""
+    from quranft.trainer.sources import resolve_revision
+
+    resolved: dict[tuple[str, str | None], str] = {}
+    for src in sources:
+        wanted = (src.dataset, src.revision)
+        if src.local_path is None and wanted not in resolved:
+            resolved[wanted] = resolve_revision(src.dataset, src.revision) or "unknown"
+            log(f"prepare: {src.dataset}@{src.revision or '(default branch)'} is commit {resolved[wanted]}")
+    return resolved
+
+
+def build(data: DataSpec, build_dir: Path, final_dir: Path, *, key: str, workers: int, log: Log,
+          gate: vocab.Gate) -> dict:
     """Write manifests, audio and stats.json into build_dir (paths inside point at final_dir)."""
     started = time.monotonic()
     ticker = Ticker(build_dir / OWNER_FILE, log)
     stats: dict[str, Any] = {"dataSpecHash": key}
-    for manifest_name, sources in sources_for(data).items():
+    plan = sources_for(data)
+    revisions = resolve_revisions((s for sources in plan.values() for s in sources), log)
+    words_of: dict[str, dict[str, vocab.VocabCounts]] = {}
+    for manifest_name, sources in plan.items():
         per_source: dict[str, Any] = {}
+        words_of[manifest_name] = {}
         with open(build_dir / f"{manifest_name}_manifest.json", "w", encoding="utf-8") as manifest:
             for src in sources:
                 log(f"prepare: {manifest_name}/{src.name}: {src.local_path or src.dataset} split {src.split!r}"
                     + (f", at most {src.limit}" if src.limit else ""))
-                counts = write_source(src, manifest=manifest, build_dir=build_dir, final_dir=final_dir,
-                                      manifest_name=manifest_name, min_s=data.min_duration_seconds,
-                                      max_s=data.max_duration_seconds, workers=workers, ticker=ticker)
-                log(f"prepare: {manifest_name}/{src.name} done: {counts.describe()}")
+                counts, words = write_source(
+                    src, manifest=manifest, build_dir=build_dir, final_dir=final_dir, manifest_name=manifest_name,
+                    min_s=data.min_duration_seconds, max_s=data.max_duration_seconds, workers=workers,
+                    ticker=ticker, gate=gate, resolved_revision=revisions.get((src.dataset, src.revision)))
+                log(f"prepare: {manifest_name}/{src.name} done: {counts.describe()}; "
+                    f"<unk> rate {words.unk_rate:.4%} of {words.tokens} tokens")
+                gate.check(f"{manifest_name}/{src.name}", words, f"{counts.dataset} split {src.split!r}")
                 per_source[src.name] = counts
+                words_of[manifest_name][src.name] = words
         samples = sum(c.kept for c in per_source.values())
         if samples == 0:
             detail = "; ".join(f"{name} ({c.dataset} split {c.split!r}): {c.describe()}"
@@ -290,9 +343,57 @@ def build(data: DataSpec, build_dir: Path, final_dir: Path, *, key: str, workers
             "durationSeconds": round(sum(c.duration_seconds for c in per_source.values()), 3),
             "sources": {name: c.to_json() for name, c in per_source.items()},
         }
+    stats["vocabulary"] = vocabulary_section(gate, words_of)
     stats["buildSeconds"] = round(time.monotonic() - started, 3)
     stats["createdAt"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return stats
+
+
+def vocabulary_section(gate: vocab.Gate, words_of: dict[str, dict[str, vocab.VocabCounts]]) -> dict[str, Any]:
+    """stats.json's `vocabulary`: the tokenizer, the threshold, and per manifest and source what the fold
+    did and the <unk> rate left."""
+    return {"tokenizer": gate.tokenizer.describe(), "maxUnkRate": gate.max_unk_rate,
+            **{name: {src: words.to_json() for src, words in per.items()} for name, per in words_of.items()}}
+
+
+def vocabulary_brief(gate: vocab.Gate, section: dict[str, Any], prepared_for: str | None) -> dict[str, Any]:
+    """The termination summary's (and so status.data.stats') share of a vocabulary section: the tokenizer,
+    and per manifest/source the <unk> rate, token count and the three commonest unknown characters."""
+    out: dict[str, Any] = {"tokenizer": gate.tokenizer.sha256[:12], "maxUnkRate": gate.max_unk_rate}
+    if prepared_for != gate.tokenizer.sha256:
+        out["preparedFor"] = (prepared_for or "")[:12] or None  # transcripts refolded at train time
+    out.update({f"{name}/{src}": vocab.brief(entry) for name in ("train", "val")
+                for src, entry in (section.get(name) or {}).items()})
+    return out
+
+
+def reuse_vocabulary(data_dir: Path, stats: dict[str, Any], gate: vocab.Gate, log: Log
+                     ) -> dict[str, dict[str, vocab.VocabCounts]]:
+    """Gate a reused directory for this run: its transcripts refolded (in memory) from their source text
+    for this run's tokenizer and counted per source. The directory is not touched."""
+    prepared_for = vocab.recorded_tokenizer(stats)
+    if prepared_for != gate.tokenizer.sha256:
+        log(f"prepare: {data_dir} was prepared for tokenizer {(prepared_for or 'none (before the gate)')[:12]}; "
+            f"training.baseModel {gate.tokenizer.base_model} has {gate.tokenizer.sha256[:12]}: its transcripts "
+            "are refolded for it (the train stage trains on refolded copies)")
+    words_of: dict[str, dict[str, vocab.VocabCounts]] = {}
+    for name in ("train", "val"):
+        per = {src: vocab.VocabCounts() for src in ((stats.get(name) or {}).get("sources") or {})}
+        with open(data_dir / f"{name}_manifest.json", encoding="utf-8") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                parts = Path(line.get("audio_filepath", "")).parts  # .../audio/<manifest>/<source>/<bucket>/<i>.wav
+                source = parts[-3] if len(parts) >= 3 else "primary"
+                words = per.setdefault(source, vocab.VocabCounts())
+                original = vocab.source_text(line)
+                folded = gate.fold(original, words)
+                gate.count(folded, words, changed=folded != original)
+        for source, words in per.items():
+            gate.check(f"{name}/{source}", words, str(data_dir / f"{name}_manifest.json"))
+        words_of[name] = per
+    return words_of
 
 
 # ----------------------------------------------------------------------------- the shared directory
@@ -372,8 +473,11 @@ def _read_stats(data_dir: Path) -> dict[str, Any]:
         raise DataError(f"{data_dir}/stats.json is unreadable: {exc}") from exc
 
 
-def _summary(key: str, data_dir: Path, reused: bool, stats: dict[str, Any]) -> dict[str, Any]:
+def _summary(key: str, data_dir: Path, reused: bool, stats: dict[str, Any],
+             words: dict[str, Any] | None = None) -> dict[str, Any]:
     brief = {name: stats[name] for name in ("train", "val") if name in stats}
+    if words is not None:
+        brief["vocabulary"] = words
     return {"ok": True, "stage": "prepare", "dataSpecHash": key, "dataDir": str(data_dir), "reused": reused,
             "stats": brief}
 
@@ -436,14 +540,20 @@ def prepare(cfg: RunConfig, *, log: Log = print, workers: int | None = None) -> 
     """
     key = data_spec_hash(cfg.data)
     data_root = Path(os.path.abspath(cfg.run.workspace)) / "data"
+    gate = vocab.Gate(vocab.load_tokenizer(cfg.training.base_model), cfg.data.max_unk_rate)
 
     def fill(build_dir: Path, final_dir: Path) -> dict[str, Any]:
-        stats = build(cfg.data, build_dir, final_dir, key=key, workers=workers or default_workers(), log=log)
+        stats = build(cfg.data, build_dir, final_dir, key=key, workers=workers or default_workers(), log=log,
+                      gate=gate)
         stats["spec"] = cfg.data.model_dump(mode="json", by_alias=True)
         return stats
 
     final_dir, reused, stats = build_once(data_root, key, fill, log=log)
-    if not reused:
+    if reused:  # by an earlier run, maybe for another tokenizer or a looser maxUnkRate: gate it for this one
+        section = vocabulary_section(gate, reuse_vocabulary(final_dir, stats, gate, log))
+    else:
+        section = stats["vocabulary"]
         log(f"prepare: wrote {final_dir} (train {stats['train']['samples']} samples, "
             f"val {stats['val']['samples']} samples, {stats['buildSeconds']} s)")
-    return _summary(key, final_dir, reused, stats)
+    return _summary(key, final_dir, reused, stats,
+                    vocabulary_brief(gate, section, vocab.recorded_tokenizer(stats)))

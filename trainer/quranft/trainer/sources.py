@@ -62,3 +62,14 @@ def open_rows(*, dataset: str, local_path: Path | None, split: str, audio_column
         raise DataError(f"{where} split {split!r}: missing column(s) {', '.join(missing)} "
                         f"(columns: {', '.join(features)})")
     return rows.cast_column(audio_column, Audio(decode=False))
+
+
+def resolve_revision(dataset: str, revision: str | None = None) -> str | None:
+    """The commit a hub dataset's `revision` (None: its default branch) points at now, or None when the hub
+    cannot say (offline, no access): recording the revision never fails a prepare."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(dataset, revision=revision).sha or None
+    except Exception:  # network, auth, rate limits: the load itself reports what matters
+        return None

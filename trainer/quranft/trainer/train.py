@@ -26,9 +26,22 @@ class Preempted(Exception):
         self.checkpoint = checkpoint
 
 
-def resolve_precision(requested: str, cuda: bool) -> str:
+def bf16_supported() -> bool:
+    """Native bf16 on the current GPU (Ampere and later); emulated bf16 on older GPUs does not count."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch without the argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def resolve_precision(requested: str, cuda: bool, bf16: bool | None = None) -> str:
+    """auto: bf16-mixed on a GPU that supports it natively, else 16-mixed; 32 on CPU."""
     if requested == "auto":
-        return "bf16-mixed" if cuda else "32"
+        if not cuda:
+            return "32"
+        return "bf16-mixed" if (bf16_supported() if bf16 is None else bf16) else "16-mixed"
     if requested == "16-mixed" and not cuda:
         raise ConfigError("training.precision: 16-mixed needs a GPU (use 32 or bf16-mixed on CPU)")
     return requested
@@ -103,10 +116,14 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(t.seed, workers=True)
 
-    log(f"train: base model {t.base_model}, mode {t.mode}, precision {precision}, data {data_dir}")
+    workers = modelmod.data_workers(t.num_workers)
+    log(f"train: base model {t.base_model}, mode {t.mode}, precision {precision}, data {data_dir}, "
+        f"{workers} data loader workers" + (" (from the CPU request)" if t.num_workers is None else ""))
     model = modelmod.load_base(t.base_model)
     frozen = modelmod.freeze(model, t.freeze)
-    counts = modelmod.setup_data(model, data_dir, t, pin_memory=cuda)
+    manifests = modelmod.training_manifests(model, data_dir, run_dir, base_model=t.base_model,
+                                            max_unk_rate=cfg.data.max_unk_rate, log=log)
+    counts = modelmod.setup_data(model, manifests, t, pin_memory=cuda, num_workers=workers)
     with open_dict(model.cfg):
         model.cfg.optim = modelmod.optim_config(t)
     if t.mode == "ctcOnly":
@@ -170,7 +187,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
                "sizeBytes": model_path.stat().st_size, "sha256": sha256_file(model_path),
                "dataSpecHash": data_spec_hash(cfg.data), "finalLoss": losses.get("total"),
                "valWer": telemetry.val_wer, "resumedFromStep": resumed_from}
-    meta = {**summary, "config": json.loads(dump_config(cfg)), "precision": precision,
+    meta = {**summary, "config": json.loads(dump_config(cfg)), "precision": precision, "numWorkers": workers,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu", "parameters": params,
             "data": {**counts, "stats": read_stats(data_dir)}, "finalLosses": losses,
             "wallTimeSeconds": round(wall, 2), "versions": versions()}
