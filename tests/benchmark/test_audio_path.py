@@ -71,7 +71,7 @@ def test_prepared_wavs_digest_like_the_benchmarks_decode_of_the_source(tmp_path,
     for split in ("train", "validation"):
         ds.to_parquet(str(tmp_path / "ds" / "data" / f"{split}-00000-of-00001.parquet"))
     cfg = load_config(None, [f"run.workspace={tmp_path / 'ws'}", "data.source=local",
-                             f"data.localPath={tmp_path / 'ds'}", "data.blend=null"])
+                             f"data.localPath={tmp_path / 'ds'}", "data.blend=null", "training.baseModel=tiny"])
     summary = prep.prepare(cfg, log=lambda _: None)
     lines = [json.loads(x) for x in (Path(summary["dataDir"]) / "train_manifest.json").read_text().splitlines()]
     assert len(lines) == 3

@@ -135,7 +135,7 @@ def test_run_tiny_model_over_recitations(tmp_path, tiny_model, recitations, caps
 
     term, out = tmp_path / "term.json", tmp_path / "out"
     rc = main(["run", "--model", str(tiny_model), "--corpus", str(recitations), "--out", str(out),
-               "--termination-log", str(term), "--batch-size", "4"])
+               "--termination-log", str(term), "--batch-size", "4", "--decoder", "ctc"])
     assert rc == 0
     msg = read_termination(term)
     assert msg["ok"] is True and msg["stage"] == "benchmark" and msg["baseline"] is None
@@ -149,7 +149,10 @@ def test_run_tiny_model_over_recitations(tmp_path, tiny_model, recitations, caps
     (run,) = latest
     assert run["errors"] == 0 and all("error" not in r for r in run["per_sample"])
     assert {r["id"] for r in run["per_sample"]} == {s.id for s in corpus.samples}
-    assert all(r["latency"] is not None and r["latency"] > 0 for r in run["per_sample"])
+    # latency: transcription + matching at batch 1 on a seeded sample of 32 clips (the --latency-samples default)
+    timed = [r["latency"] for r in run["per_sample"] if r["latency"] is not None]
+    assert len(timed) == min(32, len(corpus.samples)) and all(t > 0 for t in timed)
+    assert run["throughput"]["batchSize"] == 4 and run["throughput"]["rtfx"] > 0
     assert run["model"]["class"] == "EncDecHybridRNNTCTCBPEModel" and run["model"]["decoder"] == "ctc"
     # the re-scorer agrees with the run's own scores
     capsys.readouterr()
@@ -170,7 +173,8 @@ def test_run_side_by_side_and_saved_baseline(tmp_path, tiny_model, recitations, 
     term, out = tmp_path / "term.json", tmp_path / "out"
     # `tiny` is the trainer's untrained base model, the same weights as the `tiny_model` file
     rc = main(["run", "--model", str(tiny_model), "--baseline-model", "tiny", "--name", "cand",
-               "--baseline-name", "base", "--corpus", str(root), "--out", str(out), "--termination-log", str(term)])
+               "--baseline-name", "base", "--corpus", str(root), "--out", str(out), "--termination-log", str(term),
+               "--decoder", "ctc"])
     assert rc == 0
     msg = read_termination(term)
     assert msg["baseline"] is not None and msg["deltas"]["recall"] == 0
@@ -184,7 +188,7 @@ def test_run_side_by_side_and_saved_baseline(tmp_path, tiny_model, recitations, 
     # The saved file serves as the next run's baseline (its candidate run is picked).
     capsys.readouterr()
     rc = main(["run", "--model", str(tiny_model), "--baseline", msg["resultsPath"], "--corpus", str(root),
-               "--out", str(out), "--termination-log", str(term)])
+               "--out", str(out), "--termination-log", str(term), "--decoder", "ctc"])
     assert rc == 0
     again = read_termination(term)
     assert again["baseline"]["recall"] == msg["metrics"]["recall"]

@@ -52,7 +52,7 @@ def prepared(tmp_path_factory) -> Path:
     _write(VAL, root / "ds" / "data" / "validation-00000-of-00001.parquet")
     cfg = load_config(None, [f"run.workspace={root / 'ws'}", "data.source=local", f"data.localPath={root / 'ds'}",
                              "data.blend=null", "data.reciterColumn=reciter", "data.surahColumn=surah",
-                             "data.ayahColumn=ayah"])
+                             "data.ayahColumn=ayah", "training.baseModel=tiny"])
     return Path(prep.prepare(cfg, log=lambda _: None)["dataDir"])
 
 
@@ -171,3 +171,32 @@ def test_undecodable_corpus_clips_are_not_compared(tmp_path, prepared):
 def test_a_directory_that_is_not_prepared_data_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not a prepared data directory"):
         training_index(tmp_path)
+
+
+@pytest.mark.slow
+def test_benchmark_run_counts_and_excludes_clips_copied_from_the_training_data(prepared, tmp_path, monkeypatch):
+    """`quranft benchmark run --training-data`: 3 corpus clips are training clips (copied files) -> counted,
+    left out of the scores, named in the termination message the operator turns into BenchmarkLeakage."""
+    from quranft.benchmark.cli import main
+
+    monkeypatch.setenv("QURANFT_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    samples = []
+    for i, line in enumerate(_lines(prepared)[:3]):
+        shutil.copy(line["audio_filepath"], corpus / f"leak{i}.wav")
+        samples.append({"id": f"leak{i}", "file": f"leak{i}.wav", "expected_verses": [{"surah": 112, "ayah": i + 1}]})
+    for i, freq in enumerate((600, 700)):
+        (corpus / f"new{i}.wav").write_bytes(tone(freq, seed=i + 7))
+        samples.append({"id": f"new{i}", "file": f"new{i}.wav", "expected_verses": [{"surah": 1, "ayah": i + 1}]})
+    (corpus / "manifest.json").write_text(json.dumps({"samples": samples}))
+    term, out = tmp_path / "term.json", tmp_path / "out"
+    rc = main(["run", "--model", "tiny", "--corpus", str(corpus), "--out", str(out), "--decoder", "ctc",
+               "--training-data", str(prepared), "--latency-samples", "1", "--termination-log", str(term)])
+    assert rc == 0
+    msg = json.loads(term.read_text())
+    assert msg["leakage"]["exactAudio"] == 3 and msg["leakage"]["excluded"] == 3
+    assert sorted(msg["leakage"]["exactAudioIds"]) == ["leak0", "leak1", "leak2"]
+    assert msg["metrics"]["scored"] == 2 and msg["corpus"]["clips"] == 2
+    (run,) = json.loads((out / "latest.json").read_text())
+    assert {r["id"] for r in run["per_sample"]} == {"new0", "new1"} and run["leakage"]["exactAudio"] == 3

@@ -7,7 +7,7 @@ from corpus_helpers import entry, make_corpus
 from quranft.benchmark.corpus import decode_audio, load_corpus
 from quranft.benchmark.matcher import VerseMatcher
 from quranft.benchmark.quran_text import load_quran
-from quranft.benchmark.runner import RunOptions, default_run_name, evaluate
+from quranft.benchmark.runner import RunOptions, decode_clips, default_run_name, evaluate, latency_sample
 from quranft.benchmark.transcribe import ModelInfo
 
 
@@ -63,7 +63,10 @@ def test_evaluate_scores_missing_errors_and_also_accept(small_corpus, matcher):
     })
     model = ScriptedModel(script, batch_size=2)
     corpus = load_corpus(small_corpus)
-    run = evaluate(model, corpus, matcher, "scripted")
+    clips = decode_clips(corpus.samples)
+    timed = latency_sample([c.sample.id for c in clips if c.error is None], 3, seed=0)
+    run = evaluate(model, clips, matcher, "scripted", head="ctc", latency_ids=timed, total=corpus.total,
+                   missing=corpus.missing)
     rows = {r["id"]: r for r in run["per_sample"]}
 
     assert run["missing"] == ["gone"] and "gone" not in rows
@@ -80,11 +83,15 @@ def test_evaluate_scores_missing_errors_and_also_accept(small_corpus, matcher):
     assert run["recall"] == pytest.approx((1 + 1 + 0 + 0.6 + 0) / 5)
     assert run["sequence_accuracy"] == pytest.approx(2 / 5)
     assert run["model_size"] == 1234 and run["settings"]["batch_size"] == 2
-    # one untimed warm-up call, then batches of two over the four decodable clips
-    assert model.calls == [1, 2, 2]
-    lat = [r["latency"] for r in run["per_sample"] if r["latency"] is not None]
-    assert len(lat) == 4 and run["avg_latency"] == pytest.approx(np.mean(lat))
+    # one untimed warm-up call, batches of two over the four decodable clips, then the 3 timed clips alone
+    assert model.calls == [1, 2, 2, 1, 1, 1]
+    lat = {r["id"]: r["latency"] for r in run["per_sample"] if r["latency"] is not None}
+    assert set(lat) == set(timed) and run["avg_latency"] == pytest.approx(np.mean(list(lat.values())))
     assert run["p50_latency"] <= run["p90_latency"]
+    assert run["head"] == "ctc"
+    t = run["throughput"]
+    assert t["clips"] == 4 and t["batchSize"] == 2 and t["clipsPerSecond"] > 0 and 0 <= t["matcherShare"] <= 1
+    assert t["rtfx"] > 0 and t["audioSeconds"] == pytest.approx(sum(c.seconds for c in clips), abs=1e-3)
     for key in ("name", "recall", "precision", "sequence_accuracy", "total", "avg_latency", "model_size"):
         assert key in run
     for key in ("id", "expected", "predicted", "recall", "precision", "sequence_accuracy", "latency", "transcript"):
@@ -94,7 +101,8 @@ def test_evaluate_scores_missing_errors_and_also_accept(small_corpus, matcher):
 def test_no_also_accept_reproduces_old_scoring(small_corpus, matcher):
     script = script_for(small_corpus, {name: verse_text([(4, 44)]) for name in
                                        ("nisa_51.m4a", "ikhlas_2_3.m4a", "001001.mp3", "multi.wav")})
-    run = evaluate(ScriptedModel(script), load_corpus(small_corpus), matcher, "x", RunOptions(also_accept=False))
+    clips = decode_clips(load_corpus(small_corpus).samples)
+    run = evaluate(ScriptedModel(script), clips, matcher, "x", RunOptions(also_accept=False))
     row = next(r for r in run["per_sample"] if r["id"] == "imran_23")
     assert row["recall"] == 0.0 and "accepted" not in row and row["also_accept"]
 
@@ -104,3 +112,11 @@ def test_no_also_accept_reproduces_old_scoring(small_corpus, matcher):
                                             "nvidia/stt_ar_fastconformer_hybrid_large_pcd_v1.0")])
 def test_default_run_name(ref, name):
     assert default_run_name(ref) == name
+
+
+def test_latency_sample_is_seeded_and_independent_of_order():
+    ids = [f"clip{i}" for i in range(50)]
+    a = latency_sample(ids, 10, seed=3)
+    assert a == latency_sample(list(reversed(ids)), 10, seed=3) and len(a) == 10
+    assert a != latency_sample(ids, 10, seed=4)
+    assert latency_sample(ids[:5], 10, seed=3) == frozenset(ids[:5])

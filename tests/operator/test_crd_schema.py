@@ -65,3 +65,15 @@ def test_immutability_rules_present():
     for section in ("data", "training", "storage", "benchmark", "images"):
         rules = [r["rule"] for r in props[section].get("x-kubernetes-validations", [])]
         assert "self == oldSelf" in rules, section
+
+
+def test_benchmark_corpus_matches_the_benchmark_corpus_spec():
+    """spec.benchmark.corpus is handed to the benchmark as JSON: same field names, same defaults."""
+    from quranft.benchmark.corpus_source import CorpusSpec
+
+    corpus = schema()["properties"]["spec"]["properties"]["benchmark"]["properties"]["corpus"]["properties"]
+    assert set(corpus) == _aliases(CorpusSpec)
+    for key, sub in corpus.items():
+        if "default" in sub:
+            field = next(f for n, f in CorpusSpec.model_fields.items() if (f.alias or n) == key)
+            assert sub["default"] == field.get_default(call_default_factory=True), key

@@ -33,7 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="evaluate a model (and optionally a baseline) over a corpus")
     run.add_argument("--model", required=True, help="path to a .nemo file, or a hub name (org/model)")
-    run.add_argument("--corpus", required=True, help="directory holding manifest.json and the audio files")
+    corpus = run.add_mutually_exclusive_group(required=True)
+    corpus.add_argument("--corpus", help="directory holding manifest.json and the audio files")
+    corpus.add_argument("--corpus-spec", metavar="JSON",
+                        help="a corpus spec (spec.benchmark.corpus): a dataset split, prepared once into "
+                             "WORKSPACE/corpora/<hash>/ and reused, or {\"path\": DIR}")
+    run.add_argument("--workspace", default=".", help="where --corpus-spec corpora are prepared (corpora/<hash>/)")
+    run.add_argument("--training-data", metavar="DIR",
+                     help="the run's prepared data (data/<dataSpecHash>/): corpus clips found there are leaks")
+    run.add_argument("--include-leaked", action="store_true",
+                     help="score clips whose audio is also in the training data (counted as leaks either way)")
+    run.add_argument("--decoder", choices=("auto", "ctc", "rnnt", "both"), default="auto",
+                     help="decoder heads to score (auto: ctc for --mode ctcOnly, both for hybrid)")
+    run.add_argument("--mode", choices=("ctcOnly", "hybrid"), help="how the model was trained (for auto heads)")
+    run.add_argument("--verdict-head", choices=("ctc", "rnnt"),
+                     help="head that decides the verdict (default: ctc for ctcOnly, rnnt for hybrid)")
+    run.add_argument("--verdict-rule", choices=("paired", "threshold"), default="paired",
+                     help="paired bootstrap intervals (default) or v1's thresholds on raw deltas")
+    run.add_argument("--primary-metric", choices=("recall", "precision", "sequenceAccuracy"), default="recall")
+    run.add_argument("--latency-samples", type=int, default=32, metavar="N",
+                     help="clips timed one by one at batch 1 (a seeded sample shared by model and baseline)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the latency sample and the bootstrap")
+    run.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 2000 recommended)")
     run.add_argument("--out", required=True, help="results directory (<timestamp>.json + latest.json)")
     base = run.add_mutually_exclusive_group()
     base.add_argument("--baseline", metavar="RESULTS.json", help="compare against a saved results file")
@@ -57,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-size-mb", type=float, default=200.0, help="model file size target (10^6 bytes)")
     run.add_argument("--target-latency", type=float, default=1.0, help="average latency target, seconds")
     run.add_argument("--batch-size", type=int, default=1,
-                     help="transcription batch size (latency = batch time / batch size)")
+                     help="transcription batch size for the throughput pass (latency is timed at batch 1)")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
     score = sub.add_parser("score", help="re-score a results file from its per-sample expected/predicted")
@@ -128,17 +149,24 @@ def _fail(exc: BaseException, termination_log: str | None) -> int:
     return code
 
 
+class CorpusMismatch(ConfigError):
+    """A baseline results file scored on another corpus: comparing across corpora is meaningless."""
+
+    failure_reason = "CorpusMismatch"
+
+
 def _run(args: argparse.Namespace) -> int:
     # Imports here: `score` and `--help` must not load numpy-heavy modules or NeMo.
-    from .corpus import CorpusError, load_corpus
+    from .corpus import CorpusError, corpus_hash, load_corpus
     from .matcher import VerseMatcher
     from .report import runs_table, verdict_lines
-    from .results import ResultsError, load_runs, pick_run, rescore_run, write_results
-    from .runner import RunOptions, default_run_name
-    from .verdict import metrics_from_run, verdict_message
+    from .results import write_results
+    from .runner import RunOptions, decode_clips, default_run_name, latency_sample
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
+    if args.latency_samples < 0 or args.resamples < 100:
+        raise ConfigError("--latency-samples must be >= 0 and --resamples >= 100")
     if args.baseline_run and not args.baseline:
         raise ConfigError("--baseline-run needs --baseline")
     tolerances = Tolerances(drop=args.tolerance / 100, min_gain=args.min_gain / 100,
@@ -147,69 +175,216 @@ def _run(args: argparse.Namespace) -> int:
                       latency_seconds=args.target_latency)
     options = RunOptions(also_accept=not args.no_also_accept)
 
+    corpus_dir, corpus_origin = _corpus_dir(args)
     try:
-        corpus = load_corpus(args.corpus)
+        corpus = load_corpus(corpus_dir)
     except CorpusError as exc:
         raise DataError(str(exc)) from exc
     if corpus.missing:
         print(f"benchmark: {len(corpus.missing)} sample(s) missing on disk, left out of the scores: "
               + ", ".join(s.id for s in corpus.missing), file=sys.stderr)
     if not corpus.samples:
-        raise DataError(f"corpus {args.corpus}: none of the {corpus.total} audio files is present")
+        raise DataError(f"corpus {corpus_dir}: none of the {corpus.total} audio files is present")
+    content_hash = corpus_hash(corpus)
+    corpus_json = {"id": corpus.id, "path": str(corpus.root), "manifest_sha256": corpus.manifest_sha256,
+                   "hash": content_hash, **corpus_origin}
 
-    baseline_run: dict[str, Any] | None = None
-    if args.baseline:  # read before the (long) evaluation so a bad file fails fast
-        try:
-            runs, _ = load_runs(args.baseline)
-            accept = {s.id: s.also_accept for s in corpus.samples + corpus.missing}
-            baseline_run = rescore_run(pick_run(runs, args.baseline_run), options.also_accept, accept)
-        except ResultsError as exc:
-            raise ConfigError(f"--baseline: {exc}") from exc
-        baseline_run.update(role="baseline", source=args.baseline)
+    accept = {s.id: s.also_accept for s in corpus.samples + corpus.missing}
+    baseline_file = _baseline_file_runs(args, options, accept, content_hash)  # before the long evaluation
+
+    clips = decode_clips(corpus.samples)
+    if all(c.error for c in clips):
+        raise DataError(f"none of the {len(clips)} present audio files could be decoded "
+                        f"(first error: {clips[0].error})")
+    leaks = _leakage(args, clips)
+    if leaks is not None and leaks.excluded:
+        excluded = set(leaks.excluded)
+        clips = [c for c in clips if c.sample.id not in excluded]
+        print(f"benchmark: {len(excluded)} clip(s) are also in the training data; left out of the scores",
+              file=sys.stderr)
+        if not clips:
+            raise DataError("every corpus clip is also in the training data: nothing left to judge on")
+    corpus_json["clips"] = len(clips)
+    latency_ids = latency_sample([c.sample.id for c in clips if c.error is None], args.latency_samples, args.seed)
+    run_kwargs = dict(total=corpus.total, missing=corpus.missing, latency_ids=latency_ids)
 
     matcher = VerseMatcher()
-    candidate = _evaluate_model(args.model, args.name or default_run_name(args.model), corpus, matcher,
-                                options, args)
-    candidate["role"] = "candidate"
-    if candidate["errors"] == candidate["scored"]:
-        raise DataError(f"none of the {candidate['scored']} present audio files could be decoded "
-                        f"(first error: {candidate['per_sample'][0].get('error')})")
+    candidates, info = _evaluate_model(args.model, args.name or default_run_name(args.model), clips, matcher,
+                                       options, args, heads=None, **run_kwargs)
+    heads = list(candidates)
+    verdict_head = args.verdict_head or _default_verdict_head(args.mode, info, heads)
+    if verdict_head not in heads:
+        raise ConfigError(f"--verdict-head {verdict_head} is not among the scored heads {heads}")
     if args.baseline_model:
-        baseline_run = _evaluate_model(args.baseline_model,
-                                       args.baseline_name or default_run_name(args.baseline_model),
-                                       corpus, matcher, options, args)
-        baseline_run["role"] = "baseline"
+        baselines, _ = _evaluate_model(args.baseline_model, args.baseline_name or default_run_name(args.baseline_model),
+                                       clips, matcher, options, args, heads=heads, **run_kwargs)
+        for run in baselines.values():
+            run.update(role="baseline", corpus=corpus_json)
+    else:
+        baselines = _baseline_heads(baseline_file, args.baseline_run, heads, verdict_head)
 
-    metrics = metrics_from_run(candidate)
-    base_metrics = metrics_from_run(baseline_run) if baseline_run is not None else None
+    from .verdict import judge  # the paired (or threshold) comparison of every head
+
+    judgement = judge({h: (candidates[h], baselines.get(h)) for h in heads}, verdict_head=verdict_head,
+                      rule=args.verdict_rule, tolerances=tolerances, primary=args.primary_metric,
+                      resamples=args.resamples, seed=args.seed)
+    runs: list[dict[str, Any]] = []
+    for h in heads:
+        candidates[h].update(role="candidate", corpus=corpus_json)
+        runs.append(candidates[h])
+        if baselines.get(h) is not None:
+            runs.append(baselines[h])
+    extra = {"corpus": {"hash": content_hash, "clips": len(clips), "total": corpus.total,
+                        **{k: corpus_origin[k] for k in ("reused", "bytesWritten", "specHash") if k in corpus_origin}},
+             "artifact": _artifact(info),
+             "throughput": _throughput(candidates[verdict_head])}
+    if leaks is not None:
+        extra["leakage"] = leaks.to_json()
+        for run in runs:
+            run.setdefault("leakage", extra["leakage"])
     # The verdict goes into the file too, so the file alone explains the decision.
-    provisional = verdict_message(metrics, base_metrics, tolerances, targets, "")
-    candidate["verdict"] = {k: provisional[k] for k in ("verdict", "deltas", "targets")}
-    candidate["verdict"]["tolerances"] = asdict(tolerances)
-    runs = [candidate] + ([baseline_run] if baseline_run is not None else [])
+    candidates[verdict_head]["verdict"] = judgement.for_results()
     path = write_results(args.out, runs)
+    extra["reportPath"] = str(_write_report(path, judgement, runs, extra, targets))
 
-    message = verdict_message(metrics, base_metrics, tolerances, targets, str(path))
+    message = judgement.message(targets, str(path), extra)
     print(runs_table(runs))
     print(verdict_lines(message))
-    print(f"results: {path}")
+    print(f"results: {path}\nreport: {extra['reportPath']}")
     line = write_termination_message(message, args.termination_log)
     print(f"QURANFT_VERDICT {line}", file=sys.stderr)
     return EXIT_OK
 
 
-def _evaluate_model(ref: str, name: str, corpus, matcher, options, args: argparse.Namespace) -> dict[str, Any]:
+def _corpus_dir(args: argparse.Namespace):
+    """The corpus directory and where it came from; a dataset split is prepared (once) on the workspace."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from .corpus_source import CorpusSpec, materialize
+
+    if args.corpus:
+        return Path(args.corpus), {}
+    try:
+        spec = CorpusSpec.model_validate_json(args.corpus_spec)
+    except ValidationError as exc:
+        raise ConfigError(f"--corpus-spec: {exc}") from exc
+    if spec.path:
+        return Path(spec.path), {}
+    prepared = materialize(spec, Path(args.workspace), log=lambda msg: print(msg, file=sys.stderr))
+    return prepared.root, {"spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                           **prepared.to_json()}
+
+
+def _baseline_file_runs(args, options, accept, content_hash: str) -> list[dict[str, Any]] | None:
+    from .results import ResultsError, load_runs, rescore_run, run_head
+
+    if not args.baseline:
+        return None
+    try:
+        runs, _ = load_runs(args.baseline)
+    except ResultsError as exc:
+        raise ConfigError(f"--baseline: {exc}") from exc
+    for run in runs:
+        other = (run.get("corpus") or {}).get("hash")
+        if other and other != content_hash:
+            raise CorpusMismatch(f"--baseline {args.baseline} was scored on corpus {other}, this corpus is "
+                                 f"{content_hash}: comparing across corpora is meaningless; benchmark the "
+                                 "baseline on this corpus (baseline: {baseModel: true}) instead")
+    try:
+        rescored = [rescore_run(r, options.also_accept, accept) for r in runs]
+    except ResultsError as exc:
+        raise ConfigError(f"--baseline: {exc}") from exc
+    for run in rescored:
+        run["source"] = args.baseline
+    _baseline_heads(rescored, args.baseline_run, sorted({run_head(r) for r in rescored}), None)  # fail fast
+    return rescored
+
+
+def _baseline_heads(runs: list[dict[str, Any]] | None, name: str | None, heads: list[str],
+                    verdict_head: str | None) -> dict[str, Any]:
+    """The stored baseline run for each scored head (v1 files: CTC only); the verdict head must have one
+    (None: at least one head must)."""
+    from .results import ResultsError, pick_run
+
+    if runs is None:
+        return {}
+    out: dict[str, Any] = {}
+    for h in heads:
+        try:
+            out[h] = dict(pick_run(runs, name, h), role="baseline")  # the file's candidate is our baseline
+        except ResultsError as exc:
+            if h == verdict_head or (verdict_head is None and h == heads[-1] and not out):
+                raise ConfigError(f"--baseline: {exc}") from exc
+    return out
+
+
+def _default_verdict_head(mode: str | None, info, heads: list[str]) -> str:
+    from .transcribe import default_verdict_head
+
+    head = default_verdict_head(mode, getattr(info, "saved_head", None))
+    return head if head in heads else heads[0]
+
+
+def _leakage(args: argparse.Namespace, clips):
+    """Corpus clips also found in the run's prepared training/validation data (None: no data given)."""
+    from pathlib import Path
+
+    from .leakage import find_leaks, pcm_digest, training_index
+
+    if not args.training_data:
+        return None
+    data_dir = Path(args.training_data)
+    if not data_dir.is_dir():
+        print(f"benchmark: no prepared data at {data_dir}; leakage not checked", file=sys.stderr)
+        return None
+    index = training_index(data_dir)
+    return find_leaks([(c.sample, pcm_digest(c.audio)) for c in clips if c.audio is not None], index,
+                      exclude_exact=not args.include_leaked)
+
+
+def _artifact(info) -> dict[str, Any]:
+    return {"bytes": info.size_bytes, "precision": getattr(info, "precision", None), "sha256": info.sha256}
+
+
+def _throughput(run: dict[str, Any]) -> dict[str, Any]:
+    t = run.get("throughput") or {}
+    return {k: t.get(k) for k in ("clipsPerSecond", "rtfx", "batchSize", "matcherShare")}
+
+
+def _write_report(results_path, judgement, runs, extra, targets):
+    from .report_files import write_report
+
+    md, _png = write_report(results_path.parent, judgement, runs, results_path.stem, extra=dict(extra),
+                            targets=targets)
+    return md
+
+
+def _evaluate_model(ref: str, name: str, clips, matcher, options, args: argparse.Namespace, *,
+                    heads: list[str] | None, **run_kwargs: Any):
+    """Runs of one model, one per decoder head ({head: run}), and the loaded model's info.
+
+    `heads` None: the heads `--decoder` asks for (the candidate); else exactly these (the baseline, scored
+    with the candidate's heads)."""
     from .report import Progress
     from .runner import evaluate
-    from .transcribe import Transcriber
+    from .transcribe import Transcriber, resolve_heads
 
     print(f"benchmark: loading {ref}", file=sys.stderr)
     model = Transcriber(ref, device=args.device, batch_size=args.batch_size)
-    progress = Progress(len(corpus.samples), name)
     try:
-        return evaluate(model, corpus, matcher, name, options, progress)
+        wanted = heads or resolve_heads(args.decoder, args.mode, model.heads, saved=model.saved_head)
+        runs: dict[str, dict[str, Any]] = {}
+        for head in wanted:
+            model.use_head(head)  # ConfigError when the model has no such head
+            progress = Progress(len(clips), f"{name}/{head}")
+            try:
+                runs[head] = evaluate(model, clips, matcher, name, options, progress, head=head, **run_kwargs)
+            finally:
+                progress.close()
+        return runs, model.info
     finally:
-        progress.close()
         model.close()
 
 
@@ -231,6 +406,7 @@ def _score(args: argparse.Namespace) -> int:
         print(f"\n{run.get('name', '')}")
         print(per_sample_table(run))
     return EXIT_OK
+
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -1,9 +1,17 @@
-"""Evaluate one model over a corpus: decode, transcribe, match, score, time. Produces one results run."""
+"""Evaluate one model with one decoder head over decoded clips: transcribe, match, score, time.
+
+Two timed passes, as the model is used:
+- throughput: every clip, batched (`model.batch_size`): clips/s and RTFx (audio seconds per second);
+- latency: a seeded sample of clips one at a time (batch 1), transcription + matching, the team's latency
+  metric. The sample is chosen by clip id, so model and baseline are timed on the same clips (paired).
+Clips are decoded once (`decode_clips`) and shared by every model and head.
+"""
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,8 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .corpus import Corpus, DecodeError, Sample, decode_audio
-from .matcher import VerseMatcher
+from .corpus import SAMPLE_RATE, DecodeError, Sample, decode_audio
+from .matcher import Match, VerseMatcher
 from .report import Progress
 from .results import latency_stats, versions
 from .scoring import aggregate, score_sample, verses_to_json
@@ -32,6 +40,18 @@ class RunOptions:
     also_accept: bool = True
 
 
+@dataclass(frozen=True)
+class Clip:
+    """One corpus sample with its decoded 16 kHz audio (or why it could not be decoded)."""
+    sample: Sample
+    audio: np.ndarray | None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.audio is None else len(self.audio) / SAMPLE_RATE
+
+
 def default_run_name(ref: str) -> str:
     """`runs/v3-hybrid/model.nemo` -> `v3-hybrid`; `/m/base.nemo` -> `base`; hub names stay as they are."""
     path = Path(ref)
@@ -40,104 +60,120 @@ def default_run_name(ref: str) -> str:
     return ref
 
 
-def _decoded(samples: list[Sample]) -> Iterator[tuple[Sample, np.ndarray | None, str | None]]:
+def decode_clips(samples: Iterable[Sample]) -> list[Clip]:
+    out = []
     for sample in samples:
         try:
-            yield sample, decode_audio(sample.path), None
+            out.append(Clip(sample, decode_audio(sample.path)))
         except DecodeError as exc:
-            yield sample, None, str(exc)
+            out.append(Clip(sample, None, str(exc)))
+    return out
 
 
-def _batches(items: Iterator[Any], size: int, keep: Callable[[Any], bool]) -> Iterator[tuple[list, list]]:
-    """Group decodable items into batches of `size`; undecodable ones come out alone as errors."""
-    batch: list = []
-    for item in items:
-        if not keep(item):
-            yield [], [item]
-            continue
-        batch.append(item)
-        if len(batch) == size:
-            yield batch, []
-            batch = []
-    if batch:
-        yield batch, []
+def latency_sample(ids: Sequence[str], n: int, seed: int) -> frozenset[str]:
+    """`n` clip ids drawn with `seed` from the sorted ids: the same clips for every model on one corpus."""
+    ordered = sorted(ids)
+    if n >= len(ordered):
+        return frozenset(ordered)
+    return frozenset(random.Random(seed).sample(ordered, n))
+
+
+def _batches(clips: Sequence[Clip], size: int) -> Iterable[list[Clip]]:
+    for start in range(0, len(clips), size):
+        yield list(clips[start : start + size])
+
+
+def _alternatives(match: Match) -> list[Any]:
+    return list(getattr(match, "alternatives", None) or [])
 
 
 def evaluate(
     model: Model,
-    corpus: Corpus,
+    clips: Sequence[Clip],
     matcher: VerseMatcher,
     name: str,
     options: RunOptions = RunOptions(),
     progress: Progress | None = None,
+    *,
+    head: str | None = None,
+    latency_ids: frozenset[str] | None = None,
+    total: int | None = None,
+    missing: Sequence[Sample] = (),
 ) -> dict[str, Any]:
-    """One run in the results-file shape (see results.py). Missing files are listed, not scored."""
+    """One run in the results-file shape (see results.py). Undecodable clips are error rows scored as
+    predicting nothing; `latency_ids` (default: all) are timed one by one at batch 1."""
     started = datetime.now(timezone.utc)
-    _warm_up(model, corpus, matcher)
-    rows: list[dict[str, Any]] = []
-    scores = []
-    latencies: list[float] = []
+    decodable = [c for c in clips if c.audio is not None]
+    timed = latency_ids if latency_ids is not None else frozenset(c.sample.id for c in decodable)
+    if decodable:  # untimed warm-up: lazy CUDA/kernel init must not count as latency or throughput
+        matcher.match(model.transcribe([decodable[0].audio])[0])
 
-    def add_row(sample: Sample, predicted, transcript: str, latency: float | None, error: str | None) -> None:
-        alternatives = sample.also_accept if options.also_accept else None
-        s = score_sample(sample.expected, predicted, alternatives)
-        row: dict[str, Any] = {
-            "id": sample.id,
-            "expected": verses_to_json(sample.expected),
-            "predicted": verses_to_json(predicted),
-            "recall": s.recall,
-            "precision": s.precision,
-            "sequence_accuracy": s.sequence_accuracy,
-            "latency": latency,
-            "transcript": transcript,
-        }
-        if sample.also_accept:
-            row["also_accept"] = [verses_to_json(seq) for seq in sample.also_accept]
-            if options.also_accept:
-                row["accepted"] = s.accepted
-        if sample.category:
-            row["category"] = sample.category
-        if error:
-            row["error"] = error
-        rows.append(row)
-        scores.append(s)
-        if latency is not None:
-            latencies.append(latency)
-        if progress:
-            progress.update(1)
-
-    keep = lambda item: item[2] is None  # noqa: E731
-    for batch, errors in _batches(_decoded(corpus.samples), model.batch_size, keep):
-        for sample, _, error in errors:  # an undecodable file is an error row, scored as predicting nothing
-            add_row(sample, [], "", None, error)
-        if not batch:
-            continue
+    texts: dict[str, str] = {}
+    transcribe_s = 0.0
+    for batch in _batches(decodable, model.batch_size):
         t0 = time.perf_counter()
-        texts = model.transcribe([audio for _, audio, _ in batch])
-        predictions = [matcher.predict(t) for t in texts]
-        per_sample = (time.perf_counter() - t0) / len(batch)  # batch wall time shared evenly
-        for (sample, _, _), text, predicted in zip(batch, texts, predictions):
-            add_row(sample, predicted, text, per_sample, None)
+        out = model.transcribe([c.audio for c in batch])
+        transcribe_s += time.perf_counter() - t0
+        texts.update((c.sample.id, text) for c, text in zip(batch, out))
+        if progress:
+            progress.update(len(batch))
 
+    t0 = time.perf_counter()
+    matches = {cid: matcher.match(text) for cid, text in texts.items()}
+    match_s = time.perf_counter() - t0
+
+    latencies: dict[str, float] = {}
+    for clip in decodable:
+        if clip.sample.id in timed:
+            t0 = time.perf_counter()
+            matcher.match(model.transcribe([clip.audio])[0])
+            latencies[clip.sample.id] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows, scores = [], []
+    for clip in clips:
+        sample = clip.sample
+        match = matches.get(sample.id)
+        predicted = match.verses if match else []
+        s = score_sample(sample.expected, predicted, sample.also_accept if options.also_accept else None)
+        scores.append(s)
+        rows.append(_row(sample, s, predicted, texts.get(sample.id, ""), latencies.get(sample.id), clip.error,
+                         match, options))
     agg = aggregate(scores)
+    score_s = time.perf_counter() - t0
+
+    audio_s = sum(c.seconds for c in decodable)
     info = model.info
     return {
         "name": name,
+        "head": head or info.decoder,
         "recall": agg.recall,
         "precision": agg.precision,
         "sequence_accuracy": agg.sequence_accuracy,
-        "total": corpus.total,
+        "total": total if total is not None else len(clips) + len(missing),
         "scored": agg.scored,
-        "errors": sum(1 for r in rows if "error" in r),
-        "missing": [s.id for s in corpus.missing],
-        **latency_stats(latencies),
+        "errors": sum(1 for c in clips if c.error),
+        "missing": [s.id for s in missing],
+        **latency_stats(list(latencies.values())),
         "model_size": info.size_bytes,
-        "model": {"ref": info.ref, "path": info.path, "sha256": info.sha256, "class": info.model_class,
-                  "decoder": info.decoder},
-        "corpus": {"id": corpus.id, "path": str(corpus.root), "manifest_sha256": corpus.manifest_sha256},
+        "model": _model_json(info),
+        "throughput": {
+            "batchSize": model.batch_size,
+            "clips": len(decodable),
+            "audioSeconds": round(audio_s, 3),
+            "transcribeSeconds": round(transcribe_s, 6),
+            "clipsPerSecond": round(len(decodable) / transcribe_s, 3) if transcribe_s else None,
+            "rtfx": round(audio_s / transcribe_s, 2) if transcribe_s else None,
+            "matchSeconds": round(match_s, 6),
+            "scoreSeconds": round(score_s, 6),
+            # share of the batched pass spent outside the model (matching + scoring)
+            "matcherShare": round((match_s + score_s) / (transcribe_s + match_s + score_s), 4)
+            if transcribe_s + match_s + score_s else None,
+        },
         "settings": {"also_accept": options.also_accept, "batch_size": model.batch_size, "device": model.device,
-                     "latency": "wall time of transcribe + match per sample (batch time / batch size); "
-                                "first sample run once as warm-up, not counted"},
+                     "latency": "wall time of transcribe + match of one clip at batch 1, on a seeded sample of "
+                                f"{len(latencies)} clips (same ids for every model); first clip run once as "
+                                "warm-up, not counted"},
         "versions": versions(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -145,9 +181,37 @@ def evaluate(
     }
 
 
-def _warm_up(model: Model, corpus: Corpus, matcher: VerseMatcher) -> None:
-    """Run the first decodable sample once untimed: lazy CUDA/kernel init must not count as latency."""
-    for sample, audio, error in _decoded(corpus.samples):
-        if error is None:
-            matcher.predict(model.transcribe([audio])[0])
-            return
+def _row(sample: Sample, s, predicted, transcript: str, latency: float | None, error: str | None,
+         match: Match | None, options: RunOptions) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": sample.id,
+        "expected": verses_to_json(sample.expected),
+        "predicted": verses_to_json(predicted),
+        "recall": s.recall,
+        "precision": s.precision,
+        "sequence_accuracy": s.sequence_accuracy,
+        "latency": latency,
+        "transcript": transcript,
+    }
+    if match is not None and _alternatives(match):
+        row["alternatives"] = _alternatives(match)
+    if sample.also_accept:
+        row["also_accept"] = [verses_to_json(seq) for seq in sample.also_accept]
+        if options.also_accept:
+            row["accepted"] = s.accepted
+    if sample.category:
+        row["category"] = sample.category
+    if sample.source:
+        row["source"] = sample.source
+    if error:
+        row["error"] = error
+    return row
+
+
+def _model_json(info: ModelInfo) -> dict[str, Any]:
+    out = {"ref": info.ref, "path": info.path, "sha256": info.sha256, "class": info.model_class,
+           "decoder": info.decoder, "bytes": info.size_bytes}
+    for key in ("precision", "compute_dtype"):
+        if getattr(info, key, None) is not None:
+            out[key] = getattr(info, key)
+    return out
