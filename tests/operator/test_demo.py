@@ -23,7 +23,7 @@ def test_examples_point_at_the_seeded_workspace():
         run = next(d for d in docs if d["kind"] == "QuranFineTune")
         assert run["spec"]["training"]["baseModel"] == "/workspace/models/tiny.nemo"
         assert run["spec"]["data"]["localPath"] == "/workspace/synth/dataset"
-        assert run["spec"]["benchmark"]["corpusPath"] == "/workspace/synth/benchmark"
+        assert run["spec"]["benchmark"]["corpus"]["localPath"] == "/workspace/synth/benchmark-dataset"
         assert run["spec"]["resources"]["gpus"] == 0
 
 

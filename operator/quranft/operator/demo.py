@@ -58,8 +58,12 @@ def summary_line(obj: dict[str, Any]) -> str:
     if status.get("verdict"):
         metrics = (status.get("benchmark") or {}).get("metrics") or {}
         baseline = (status.get("benchmark") or {}).get("baseline") or {}
+        bench = status.get("benchmark") or {}
         parts.append(f"verdict={status['verdict']} recall={metrics.get('recall')} (baseline {baseline.get('recall')})"
-                     f" seqAcc={metrics.get('sequenceAccuracy')} (baseline {baseline.get('sequenceAccuracy')})")
+                     f" seqAcc={metrics.get('sequenceAccuracy')} (baseline {baseline.get('sequenceAccuracy')})"
+                     + (f" delta={bench['deltaDisplay']} ({bench.get('reason')}, {bench.get('verdictHead')} head)"
+                        if bench.get("deltaDisplay") else "")
+                     + (f" report={bench['reportPath']}" if bench.get("reportPath") else ""))
     return " ".join(parts)
 
 
