@@ -266,7 +266,7 @@ def _build(spec: CorpusSpec, key: str, build_dir: Path, *, workers: int, log: Lo
     from quranft.trainer.audio import SAMPLE_RATE, UndecodableAudio, pcm_sha256, write_wav
     from quranft.trainer.errors import DataError
     from quranft.trainer.prepare import OWNER_FILE, SourceCounts, Ticker, decode_clip, ordered_map
-    from quranft.trainer.sources import open_rows
+    from quranft.trainer.sources import indexed_rows, open_rows
 
     started = time.monotonic()
     local = spec.local_path if spec.source == "local" else None
@@ -280,21 +280,12 @@ def _build(spec: CorpusSpec, key: str, build_dir: Path, *, workers: int, log: Lo
     seen: set[str] = set()
 
     def tagged_rows() -> Iterator[tuple[tuple[int, dict[str, Any]], Any]]:
-        index = 0
-        iterator = iter(rows)
-        while True:
-            try:
-                row = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:  # a stream that breaks midway (network, corrupt shard)
-                raise DataError(f"reading {where} failed after {index} rows: {type(exc).__name__}: {exc}") from exc
+        for index, row in indexed_rows(rows, where):
             entry = _entry(index, row, spec, where)
             if entry["id"] in seen:
                 raise DataError(f"{where}: duplicate sample id {entry['id']!r} (row {index})")
             seen.add(entry["id"])
             yield (index, entry), row.get(spec.audio_column)
-            index += 1
 
     samples: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

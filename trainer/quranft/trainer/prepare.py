@@ -229,7 +229,7 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
     `resolved_revision` (a hub source's commit) is what is read; "unknown" reads `src.revision` as given.
     """
     from quranft.trainer.audio import SAMPLE_RATE, UndecodableAudio, pcm_sha256, write_wav
-    from quranft.trainer.sources import open_rows
+    from quranft.trainer.sources import indexed_rows, open_rows
 
     counts = SourceCounts(src.dataset if src.local_path is None else str(src.local_path), src.split,
                           revision=src.revision, resolved_revision=resolved_revision)
@@ -247,16 +247,7 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
     def tagged_rows() -> Iterator[tuple[tuple[int, str, str, str | None, dict[str, Any], Counter], Any]]:
         """Every row as ((index, text, folded text, reason to drop it or None, its ids, what the fold
         changed), audio to decode or None). Folding first lets a transcript with nothing left skip decoding."""
-        index = 0
-        iterator = iter(rows)
-        while True:
-            try:
-                row = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:  # a stream that breaks midway (network, corrupt shard)
-                raise DataError(f"reading {counts.dataset} split {src.split!r} failed after "
-                                f"{index} rows: {type(exc).__name__}: {exc}") from exc
+        for index, row in indexed_rows(rows, f"{counts.dataset} split {src.split!r}"):
             reason, text = precheck(row, src, min_s, max_s)
             changes: Counter = Counter()
             folded = "" if reason else vocab.fold(text, gate.tokenizer.inventory, changes)
@@ -264,7 +255,6 @@ def write_source(src: Source, *, manifest, build_dir: Path, final_dir: Path, man
                 reason = "empty_text"  # only marks or verse numbers
             yield ((index, text, folded, reason, clip_ids(row, src), changes),
                    None if reason else row.get(src.audio_column))
-            index += 1
 
     # Results come back in stream order, so the counts cover exactly the rows up to the cap.
     for (index, text, folded, reason, ids, changes), samples in ordered_map(decode_clip, tagged_rows(), workers):

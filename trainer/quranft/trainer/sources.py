@@ -9,7 +9,7 @@ column is `{"bytes", "path"}`, because we decode and resample ourselves.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +73,18 @@ def resolve_revision(dataset: str, revision: str | None = None) -> str | None:
         return HfApi().dataset_info(dataset, revision=revision).sha or None
     except Exception:  # network, auth, rate limits: the load itself reports what matters
         return None
+
+
+def indexed_rows(rows: Iterable[dict[str, Any]], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, row) of a stream; a stream that breaks midway (network, corrupt shard) is a DataError."""
+    iterator = iter(rows)
+    index = 0
+    while True:
+        try:
+            row = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise DataError(f"reading {where} failed after {index} rows: {type(exc).__name__}: {exc}") from exc
+        yield index, row
+        index += 1
