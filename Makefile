@@ -9,9 +9,10 @@ bootstrap:
 demo: bootstrap
 	@source .bootstrap.env && quranft demo
 
-# The whole suite (unit, embedded-cluster, end-to-end). .ci/run calls this.
+# The whole suite (unit, embedded-cluster, end-to-end). .ci/run calls this. The cluster tests and the rest
+# run as two concurrent pytest processes (scripts/run_tests.sh), which print the time per test area.
 test: bootstrap
-	@source .bootstrap.env && python -m pytest $(PYTEST_ARGS)
+	@source .bootstrap.env && scripts/run_tests.sh $(PYTEST_ARGS)
 
 # Only the fast tests that need neither the cluster nor training.
 unit: bootstrap

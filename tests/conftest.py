@@ -61,3 +61,12 @@ def pytest_addoption(parser):
     # start-up, so `pytest tests --seed N` needs it at the root.
     parser.addoption("--seed", type=int, default=None,
                      help="Seed of every random choice in tests/reliability (env QURANFT_SEED).")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the embedded cluster carries the `cluster` marker, however it got the fixture:
+    `make test` runs the cluster tests and the rest as two concurrent pytest processes selected by it."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("cluster") is None:
+            item.add_marker(pytest.mark.cluster)
