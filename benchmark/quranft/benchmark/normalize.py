@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 # Harakat, Quranic annotation marks (small high letters, stop signs), superscript alef and tatweel carry
 # no identity for matching and are written inconsistently by ASR output.
 _STRIP = re.compile(
@@ -41,3 +43,16 @@ def normalize_arabic(text: str) -> str:
     text = text.translate(_FOLD)
     text = _NON_LETTER.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
+
+
+# Integer codes of what `normalize_arabic` leaves: 0 anything else, 1 space, 2.. the letters U+0621..U+064A.
+LETTER_CODES = 2 + 0x64B - 0x621  # how many codes there are
+_CODE = np.zeros(0x700, dtype=np.int64)
+_CODE[ord(" ")] = 1
+_CODE[0x621:0x64B] = np.arange(2, LETTER_CODES)
+
+
+def letter_codes(normalized: str) -> np.ndarray:
+    """One code per character of a `normalize_arabic` text, for numpy work on letters."""
+    points = np.frombuffer(normalized.encode("utf-32-le"), dtype=np.uint32)
+    return _CODE[np.minimum(points, len(_CODE) - 1)]
