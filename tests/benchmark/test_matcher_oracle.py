@@ -96,3 +96,12 @@ def test_letter_count_pruning_keeps_every_text_that_reaches_the_cutoff(matcher, 
         reaching = {(first, last, text) for first, last, text, score in runs if score >= 80}
         assert reaching <= set(zip(pruned.first, pruned.last, pruned.texts))
         assert len(pruned.texts) < len(everything.texts)
+
+
+def test_threads_change_nothing_but_speed(quran, matcher, oracle):
+    from quranft.benchmark.matcher import MatcherConfig
+
+    threaded = VerseMatcher(quran, MatcherConfig(workers=2))
+    for clip, fast, full in oracle[::100]:
+        assert threaded.match(clip.transcript) == fast
+        assert threaded.match_full_scan(clip.transcript) == matcher.match_full_scan(clip.transcript)
