@@ -15,3 +15,24 @@ def recitations() -> Path:
     return RECITATIONS
 
 
+
+
+# One verse index per test session: building it is the matcher's start-up cost.
+@pytest.fixture(scope="session")
+def quran():
+    from quranft.benchmark.quran_text import load_quran
+
+    return load_quran()
+
+
+@pytest.fixture(scope="session")
+def matcher(quran):
+    from quranft.benchmark.matcher import VerseMatcher
+
+    return VerseMatcher(quran)
+
+
+@pytest.fixture(scope="session")
+def index(quran):
+    """Verse reference -> its position in mushaf order."""
+    return {ref: i for i, ref in enumerate(quran.refs)}

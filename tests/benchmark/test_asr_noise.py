@@ -8,17 +8,6 @@ from rapidfuzz import fuzz
 
 from quranft.benchmark.asr_noise import CLOSING, CONFUSION_FAMILIES, ISTIADHA, LEVELS, AsrNoise, NoiseLevel
 from quranft.benchmark.muqattaat import spoken_forms
-from quranft.benchmark.quran_text import load_quran
-
-
-@pytest.fixture(scope="module")
-def quran():
-    return load_quran()
-
-
-@pytest.fixture(scope="module")
-def index(quran):
-    return {ref: i for i, ref in enumerate(quran.refs)}
 
 
 def test_same_seed_same_transcripts_other_seed_others(quran):

@@ -4,17 +4,7 @@ import pytest
 
 from quranft.benchmark.matcher import VerseMatcher
 from quranft.benchmark.normalize import normalize_arabic
-from quranft.benchmark.quran_text import VERSE_COUNT, load_quran
-
-
-@pytest.fixture(scope="module")
-def quran():
-    return load_quran()
-
-
-@pytest.fixture(scope="module")
-def matcher(quran):
-    return VerseMatcher(quran)
+from quranft.benchmark.quran_text import VERSE_COUNT
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from quranft.benchmark.matcher import VerseMatcher
 from quranft.benchmark.muqattaat import OPENING_LETTERS, opening_alternatives, spoken_forms
-from quranft.benchmark.quran_text import load_quran
 
 SURAHS = {2, 3, 7, 10, 11, 12, 13, 14, 15, 19, 20, 26, 27, 28, 29, 30, 31, 32, 36, 38, 40, 41, 42, 43, 44, 45,
           46, 50, 68}
-
-
-@pytest.fixture(scope="module")
-def quran():
-    return load_quran()
-
-
-@pytest.fixture(scope="module")
-def matcher(quran):
-    return VerseMatcher(quran)
-
-
-@pytest.fixture(scope="module")
-def index(quran):
-    return {ref: i for i, ref in enumerate(quran.refs)}
 
 
 def test_the_29_surahs_and_their_letters_as_tanzil_writes_them(quran, index):

@@ -14,20 +14,9 @@ import pytest
 from quranft.benchmark.asr_noise import AsrNoise
 from quranft.benchmark.matcher import VerseMatcher
 from quranft.benchmark.normalize import normalize_arabic
-from quranft.benchmark.quran_text import load_quran
 from quranft.benchmark.verse_runs import LengthWindow
 
 SAMPLES = (("light", 1000, 3, 1), ("user", 2500, 3, 2), ("heavy", 1500, 3, 3), ("user", 500, 5, 4))
-
-
-@pytest.fixture(scope="module")
-def quran():
-    return load_quran()
-
-
-@pytest.fixture(scope="module")
-def matcher(quran):
-    return VerseMatcher(quran)
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,9 @@ import pytest
 from corpus_helpers import entry, make_corpus
 
 from quranft.benchmark.corpus import decode_audio, load_corpus
-from quranft.benchmark.matcher import VerseMatcher
 from quranft.benchmark.quran_text import load_quran
 from quranft.benchmark.runner import RunOptions, decode_clips, default_run_name, evaluate, latency_sample
 from quranft.benchmark.transcribe import ModelInfo
-
-
-@pytest.fixture(scope="module")
-def matcher():
-    return VerseMatcher()
 
 
 def verse_text(refs):
