@@ -60,6 +60,8 @@ def test_siblings_share_one_prepared_corpus(cluster, namespace, tmp_path):
         assert demo.poll() in (None, 0), demo_log.read_text()[-4000:]
         env.create(second)
         assert demo.wait(timeout=900) == 0, demo_log.read_text()[-4000:]
+        # The demo stops its operator once the run it follows is done: a fresh one adopts the sibling's Jobs.
+        env.start_operator()
         env.wait_phase(second["metadata"]["name"], ("Succeeded", "Failed"), 600)
         a, b = (env.get(n)["status"] for n in (first, second["metadata"]["name"]))
         print(demo_log.read_text()[-2500:])
