@@ -116,9 +116,12 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(t.seed, workers=True)
 
-    workers = modelmod.data_workers(t.num_workers)
+    # Unset numWorkers: workers from the CPU request on a GPU, none on CPU. A CPU step is compute-bound (workers
+    # gain nothing, measured on the tiny model), and the embedded node agent SIGTERMs a container's whole process
+    # group, not only its main process as the kubelet does: a worker killed first fails the SIGTERM checkpoint.
+    workers = modelmod.data_workers(t.num_workers) if cuda or t.num_workers is not None else 0
     log(f"train: base model {t.base_model}, mode {t.mode}, precision {precision}, data {data_dir}, "
-        f"{workers} data loader workers" + (" (from the CPU request)" if t.num_workers is None else ""))
+        f"{workers} data loader workers" + (" (from the CPU request)" if t.num_workers is None and cuda else ""))
     model = modelmod.load_base(t.base_model)
     frozen = modelmod.freeze(model, t.freeze)
     manifests = modelmod.training_manifests(model, data_dir, run_dir, base_model=t.base_model,
