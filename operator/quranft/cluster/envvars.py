@@ -10,6 +10,8 @@ import re
 from decimal import ROUND_CEILING, Decimal
 from typing import Callable
 
+from .podhosts import pod_hostname
+
 Fetch = Callable[[str, str, str], "dict | None"]
 
 
@@ -114,7 +116,7 @@ def container_env(pod: dict, container: dict, base: dict[str, str], fetch: Fetch
     """`base` (the image's env) overlaid with envFrom, then env, in order, with $(VAR) expansion."""
     namespace = pod["metadata"]["namespace"]
     env = dict(base)
-    env.setdefault("HOSTNAME", pod["metadata"]["name"])
+    env.setdefault("HOSTNAME", pod_hostname(pod))  # as the container runtime sets it
     for source in container.get("envFrom") or []:
         kind, ref = (("ConfigMap", source["configMapRef"]) if source.get("configMapRef")
                      else ("Secret", source["secretRef"]))

@@ -104,15 +104,17 @@ class Kube:
 
 
 def path_for(kind: str, namespace: str = "", name: str = "") -> str:
-    """REST path of the core/v1 and storage kinds the agent touches."""
+    """REST path of the core/v1, batch and storage kinds the agent touches."""
     plural = {"Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Node": "nodes",
               "PersistentVolumeClaim": "persistentvolumeclaims", "PersistentVolume": "persistentvolumes",
-              "Event": "events", "ServiceAccount": "serviceaccounts"}
+              "Event": "events", "ServiceAccount": "serviceaccounts", "Service": "services"}
     if kind in plural:
         base = "/api/v1"
         resource = plural[kind]
     elif kind == "Lease":
         base, resource = "/apis/coordination.k8s.io/v1", "leases"
+    elif kind == "Job":
+        base, resource = "/apis/batch/v1", "jobs"
     elif kind == "StorageClass":
         base, resource = "/apis/storage.k8s.io/v1", "storageclasses"
     else:

@@ -1,10 +1,11 @@
 """One pod's life on the node agent: images, volumes, init containers, containers, restarts, deletion.
 
 Each container is a local process (see sandbox.py) in its own process group, so SIGTERM/SIGKILL reach
-everything it spawned. A container with `resources.limits.memory` runs in its own memory cgroup (memcg.py)
-and ends `OOMKilled` when the kernel kills it over that limit. CPU limits are not applied, nor are runAsUser
-and other securityContext fields: processes run as the agent's user (workloads still declare restricted
-contexts for the API server's PodSecurity admission).
+everything it spawned, and sees the pod's managed /etc/hosts (podhosts.py), bound read-only. A container
+with `resources.limits.memory` runs in its own memory cgroup (memcg.py) and ends `OOMKilled` when the
+kernel kills it over that limit. CPU limits are not applied, nor are runAsUser and other securityContext
+fields: processes run as the agent's user (workloads still declare restricted contexts for the API
+server's PodSecurity admission).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import images, volumes
+from . import images, podhosts, volumes
 from .envvars import ContainerConfigError, command_line, container_env
 from .gpus import requested
 from .memcg import memory_limit
@@ -66,6 +68,7 @@ class PodWorker(threading.Thread):
         self.cgroups: dict[str, Path] = {}  # container name -> its memory cgroup while it runs
         self.restart_at: dict[str, float] = {}
         self.volume_paths: dict[str, str] = {}
+        self.hosts_path: Path | None = None  # the pod's managed /etc/hosts (podhosts.py)
         self.runtimes: dict[str, images.Runtime] = {}
         self.since: dict[str, str] = {}
         self.start_time = now()
@@ -160,6 +163,7 @@ class PodWorker(threading.Thread):
         while not self.delete_requested.is_set():
             try:
                 self.volume_paths = volumes.prepare(self.pod, self.dir, self.agent.lookup)
+                self.hosts_path = self._write_hosts()
                 return True
             except volumes.VolumeNotReady as err:
                 for rec in self.init[:1] + self.main:
@@ -169,6 +173,28 @@ class PodWorker(threading.Thread):
                 self._event("Warning", "FailedMount", str(err))
                 self.delete_requested.wait(1.0)
         return False
+
+    def _write_hosts(self) -> Path:
+        """The pod's /etc/hosts, written once before its containers start, as the kubelet does. The names of
+        its subdomain resolve only while its headless Service selects it, as with cluster DNS; the Service
+        must exist when the pod starts (nothing is rewritten later)."""
+        subdomain = self.pod["spec"].get("subdomain")
+        job_name = podhosts.owning_job(self.pod)
+        try:
+            service = self.agent.lookup.get("Service", self.ns, subdomain) if subdomain else None
+            published = podhosts.publishes(service, self.pod)
+            job = self.agent.lookup.get("Job", self.ns, job_name) if published and job_name else None
+        except Exception as err:  # noqa: BLE001 - the API server is unavailable: retried like a mount
+            raise volumes.VolumeNotReady(f"cannot read the pod's Service/Job for its hosts file: {err}") from err
+        if subdomain and not published:
+            self._event("Warning", "SubdomainNotPublished",
+                        f"no headless Service {subdomain!r} selects this pod: "
+                        f"{podhosts.pod_hostname(self.pod)}.{subdomain} does not resolve")
+        path = self.dir / "etc-hosts"
+        peers = podhosts.peer_hostnames(self.pod, job)
+        path.write_text(podhosts.hosts_file(self.pod, published=published, peers=peers,
+                                            node_hostname=socket.gethostname()))
+        return path
 
     def _run_init(self, rec: ContainerRecord) -> bool:
         """Run one init container to success (restarting unless the policy is Never); False to stop."""
@@ -274,6 +300,9 @@ class PodWorker(threading.Thread):
         term_file.write_bytes(b"")
         mounts = volumes.container_mounts(spec, self.volume_paths)
         mounts.append(volumes.Mount(str(term_file), spec.get("terminationMessagePath") or "/dev/termination-log"))
+        if self.hosts_path is not None and podhosts.wants_managed_hosts(self.pod, spec):
+            mounts.append(volumes.Mount(str(self.hosts_path), "/etc/hosts", read_only=True))
+        mounts += volumes.hidden_runtime(runtime.paths(), mounts)
         spec_file = self.dir / "run" / f"{run_id}.json"
         spec_file.write_text(json.dumps({"mounts": [m.to_json() for m in mounts], "env": env, "argv": argv,
                                          "workingDir": spec.get("workingDir") or "",
