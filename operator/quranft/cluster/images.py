@@ -20,6 +20,7 @@ SOURCE_ROOTS = tuple(str(_REPO / d) for d in ("operator", "trainer", "benchmark"
 # What a real image bakes into its environment; here taken from the agent's own environment.
 PASS_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_HOME",
             "NEMO_CACHE_DIR", "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL", "TZ")
+CACHE_ENV = ("HF_HOME", "TORCH_HOME", "NEMO_CACHE_DIR")  # of PASS_ENV, the directories (written to)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,23 @@ class Runtime:
             "VIRTUAL_ENV": self.venv,
         })
         return env
+
+    def paths(self) -> list[tuple[str, bool]]:
+        """The host paths this runtime stands for, `(path, read_only)`: what a real image has in its root
+        file system. A pod's volumes must not hide them (volumes.hidden_runtime)."""
+        code = [self.venv, self.shim_dir, *SOURCE_ROOTS, *_interpreter_home(self.venv)]
+        caches = [os.environ[k] for k in CACHE_ENV if os.path.isabs(os.environ.get(k, ""))]
+        return [(p, True) for p in code if os.path.exists(p)] + [(c, False) for c in caches if os.path.isdir(c)]
+
+
+def _interpreter_home(venv: str) -> list[str]:
+    """The installation a venv's interpreter comes from (`home` in pyvenv.cfg is its bin directory)."""
+    try:
+        lines = Path(venv, "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return []
+    homes = [line.partition("=")[2].strip() for line in lines if line.partition("=")[0].strip() == "home"]
+    return [str(Path(h).parent) for h in homes if h]
 
 
 def runtime_venv() -> str:

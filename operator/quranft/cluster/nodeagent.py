@@ -235,11 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pki-dir", required=True, type=Path)
     parser.add_argument("--log-port", type=int, default=0)
     parser.add_argument("--nodes-file", type=Path, help="JSON list of NodeConfig fields (default: one node)")
+    parser.add_argument("--no-provision", action="store_true",
+                        help="leave volume provisioning to the cluster's own agent (for an extra agent)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     nodes = ([NodeConfig(**n) for n in json.loads(args.nodes_file.read_text())] if args.nodes_file
              else default_nodes())
-    agent = NodeAgent(Kube.from_kubeconfig(args.kubeconfig), args.state_dir, args.pki_dir, nodes, args.log_port)
+    agent = NodeAgent(Kube.from_kubeconfig(args.kubeconfig), args.state_dir, args.pki_dir, nodes, args.log_port,
+                      provision=not args.no_provision)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (stopped.set(), agent._stop.set()))  # also ends start()'s retries

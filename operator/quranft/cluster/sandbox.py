@@ -8,12 +8,17 @@ namespace. /dev gets a private copy (see private_dev) so nothing is created ther
 
 With a memory limit the spec names the container's memory cgroup (memcg.py): the launcher joins it first,
 so the container's whole process tree is charged there and nothing of it runs outside the limit.
+
+Every mount source is opened (O_PATH) before the first mount and bound from that descriptor: a source is
+the host's path even when an earlier mount covers it (an emptyDir at /tmp over a cluster state dir or a
+checkout under /tmp, whose runtime paths the agent binds back on top; see volumes.hidden_runtime).
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -61,14 +66,23 @@ def private_dev(stage: str) -> None:
     _libc.umount2(stage.encode(), MNT_DETACH)
 
 
-def bind(source: str, target: str, read_only: bool) -> None:
-    if os.path.isdir(source):
+def open_source(path: str) -> int:
+    """A descriptor of the host's `path`, taken before any mount can cover it (closed on exec)."""
+    return os.open(path, os.O_PATH)
+
+
+def bind(source_fd: int, source: str, target: str, read_only: bool) -> None:
+    if stat.S_ISDIR(os.fstat(source_fd).st_mode):
         os.makedirs(target, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target) or "/", exist_ok=True)
         if not os.path.exists(target):
             open(target, "a").close()
-    _mount(source, target, MS_BIND | MS_REC)
+    # The magic link resolves to the descriptor's file itself, not to what the path now shows.
+    try:
+        _mount(f"/proc/self/fd/{source_fd}", target, MS_BIND | MS_REC)
+    except OSError as err:
+        raise OSError(err.errno, f"mount {source} -> {target}: {os.strerror(err.errno)}") from None
     if read_only:
         _mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
@@ -80,11 +94,19 @@ def main(argv: list[str]) -> int:
             with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as procs:
                 procs.write(str(os.getpid()))
         enter_namespace()
-        if spec.get("devStage") and any(m["target"].startswith("/dev/") for m in spec["mounts"]):
-            private_dev(spec["devStage"])
         # Parents before children, so a mount inside another mount's path lands on top of it.
-        for m in sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/")):
-            bind(m["source"], m["target"], m["readOnly"])
+        mounts = sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/"))
+        # After unshare (a descriptor of another namespace's mount cannot be bound), before any mount.
+        sources = []
+        for m in mounts:
+            try:
+                sources.append(open_source(m["source"]))
+            except OSError as err:
+                raise OSError(err.errno, f"mount source {m['source']}: {os.strerror(err.errno)}") from None
+        if spec.get("devStage") and any(m["target"].startswith("/dev/") for m in mounts):
+            private_dev(spec["devStage"])
+        for m, fd in zip(mounts, sources):
+            bind(fd, m["source"], m["target"], m["readOnly"])
         workdir = spec.get("workingDir") or "/"
         os.makedirs(workdir, exist_ok=True)
         os.chdir(workdir)

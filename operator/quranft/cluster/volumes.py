@@ -193,6 +193,33 @@ def container_mounts(container: dict, volume_paths: dict[str, str]) -> list[Moun
     return mounts
 
 
+def _under(path: str, root: str) -> bool:
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    return root == "/" or path.startswith(root + "/")
+
+
+def hidden_runtime(runtime_paths: list[tuple[str, bool]], mounts: list[Mount]) -> list[Mount]:
+    """Binds that give the container back the runtime paths its mounts would hide.
+
+    The agent runs the project's images from host paths (venv, source roots, caches; images.Runtime.paths),
+    where a real image carries them in its root file system. A volume mounted above one of them, the
+    stage pods' emptyDir at /tmp over a checkout in /tmp, would hide the code the pod runs, so each hidden
+    path is bound back at its own path, on top (the sandbox binds sources from the host's view, deeper
+    targets later). A path the pod mounts a volume at exactly stays the pod's; `(path, read_only)`.
+    """
+    targets = [os.path.normpath(m.target) for m in mounts]
+    restored: list[Mount] = []
+    for path, read_only in runtime_paths:
+        path = os.path.normpath(path)
+        if path in targets or not any(_under(path, t) for t in targets):
+            continue
+        if any(_under(path, r.target) or path == r.target for r in restored):
+            continue  # already inside a path bound back (binds are recursive)
+        restored = [r for r in restored if not _under(r.target, path)]
+        restored.append(Mount(path, path, read_only))
+    return restored
+
+
 def release(pod_dir: Path) -> None:
     """Unmount memory-backed emptyDirs of a finished pod."""
     vol_root = pod_dir / "volumes"
