@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "trainer": ("quranft.trainer.cli", "prepare, train, doctor, tiny-model and synth-data"),
     "benchmark": ("quranft.benchmark.cli", "run the verse-recognition benchmark, re-score results"),
+    "campaign": ("quranft.benchmark.campaign_show", "show a campaign's ranked variants (campaign show NAME)"),
     "cluster": ("quranft.cluster.cli", "embedded Kubernetes: up, down, status, env"),
     "operator": ("quranft.operator.cli", "run the QuranFineTune controller"),
     "demo": ("quranft.operator.demo", "embedded cluster + operator + CPU-stub run to a verdict"),
