@@ -1,5 +1,6 @@
-"""`quranft benchmark run ...`, `quranft benchmark score FILE [--json]` and
-`quranft benchmark compare RESULTS BASELINE [--json]`.
+"""`quranft benchmark run ...`, `quranft benchmark score FILE [--json]`,
+`quranft benchmark compare RESULTS BASELINE [--json]` and
+`quranft benchmark campaign-report --input FILE --workspace DIR` (a campaign's ranking, report and promotion).
 
 Exit codes and the termination message follow docs/contracts.md: 0 ok (whatever the verdict),
 2 ConfigError, 3 DataError, 4 BenchmarkError (TrainingError), 5 EnvironmentError.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from quranft.trainer.config import ConfigError
@@ -25,6 +25,7 @@ from quranft.trainer.errors import (
 from .verdict import Targets, Tolerances
 
 STAGE = "benchmark"
+CAMPAIGN_STAGE = "campaign-report"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     cmp.add_argument("--no-also-accept", action="store_true", help="re-score against expected verses only")
+
+    camp = sub.add_parser("campaign-report",
+                          help="rank a campaign's variants, write report.md + PNGs, promote the chosen variant")
+    camp.add_argument("--input", required=True, metavar="FILE",
+                      help="the campaign controller's JSON (campaign, promote, baseline, variants)")
+    camp.add_argument("--workspace", default="/workspace", help="the claim's root (runs/, campaigns/, models/)")
+    camp.add_argument("--termination-log", metavar="PATH",
+                      help="summary JSON destination (default: $QURANFT_TERMINATION_LOG or /dev/termination-log)")
     return parser
 
 
@@ -117,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2 (ConfigError by contract)
         code = int(exc.code or 0)
-        if code and argv[:1] == ["run"]:
-            _fail(ConfigError("invalid command-line flags"), _termination_path_from(argv))
+        if code and argv[:1] in (["run"], ["campaign-report"]):
+            _fail(ConfigError("invalid command-line flags"), _termination_path_from(argv),
+                  CAMPAIGN_STAGE if argv[:1] == ["campaign-report"] else STAGE)
         return code
     if args.command == "score":
         return _score(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "campaign-report":
+        try:
+            return _campaign_report(args)
+        except Exception as exc:  # like `run`: a contract exit code plus a termination message
+            return _fail(exc, args.termination_log, CAMPAIGN_STAGE)
     try:
         return _run(args)
     except Exception as exc:  # every failure ends as a contract exit code plus a termination message
@@ -139,11 +154,11 @@ def _termination_path_from(argv: list[str]) -> str | None:
     return None
 
 
-def _fail(exc: BaseException, termination_log: str | None) -> int:
+def _fail(exc: BaseException, termination_log: str | None, stage: str = STAGE) -> int:
     reason, code = classify(exc)
-    print(f"benchmark failed ({reason}): {exc}", file=sys.stderr)
+    print(f"{stage} failed ({reason}): {exc}", file=sys.stderr)
     try:
-        write_termination_message(failure_summary(STAGE, exc), termination_log)
+        write_termination_message(failure_summary(stage, exc), termination_log)
     except OSError as err:
         print(f"cannot write termination message: {err}", file=sys.stderr)
     return code
@@ -464,6 +479,106 @@ def _compare(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(comparison_table(judgement))
     return EXIT_OK
+
+
+def _campaign_report(args: argparse.Namespace) -> int:
+    """Rank the variants, promote the chosen one (if any), write report.md and the PNGs; the summary JSON is
+    the last stdout line and the termination message."""
+    from pathlib import Path
+
+    from .campaign_plots import CURVES_PNG, METRICS_PNG, load_curve, render_curves_png, render_metrics_png, colours
+    from .campaign_report import (CampaignInputError, build_row, format_table, load_input, rank,
+                                  report_markdown, unknown_keys, warn)
+    from .promotion import write_atomic
+
+    try:
+        campaign = load_input(args.input)
+    except CampaignInputError as exc:
+        raise ConfigError(str(exc)) from exc
+    for key in unknown_keys(campaign):
+        warn(f"input key {key} is not in the contract; ignored")
+    workspace = Path(args.workspace)
+    name = campaign.campaign.name
+    out_dir = workspace / "campaigns" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [build_row(v, workspace) for v in campaign.variants]
+    for row in rows:
+        for note in row.notes:
+            warn(f"{row.variant}: {note}")
+    production = _promote(campaign, workspace) if campaign.promote else None
+    ranked = rank(rows, production.variant if production else None)
+
+    title = f"campaign {name}: " + (f"production {production.variant}" if production else "nothing promoted")
+    inputs = {v.name: v for v in campaign.variants}
+    curves = [load_curve(r.variant, r.child, workspace, inputs[r.variant].val_wer_history, r.phase) for r in ranked]
+    plots = [out_dir / METRICS_PNG, out_dir / CURVES_PNG]
+    write_atomic(plots[0], render_metrics_png(ranked, title))
+    write_atomic(plots[1], render_curves_png(curves, colours([r.variant for r in ranked]), title))
+    report = out_dir / "report.md"
+    prod_json = production.to_json() if production else None
+    write_atomic(report, report_markdown(campaign, ranked, [str(p) for p in plots], prod_json).encode())
+
+    print(format_table(ranked))
+    print(f"report: {report}")
+    if production:
+        print(f"production: {production.variant} -> {production.model_path}"
+              + (" (already promoted: nothing changed)" if production.already_promoted else ""))
+    summary = {"ok": True, "stage": CAMPAIGN_STAGE, "reportPath": str(report), "plots": [str(p) for p in plots],
+               "production": prod_json}
+    line = write_termination_message(_fit_history(summary), args.termination_log)
+    print(line)
+    return EXIT_OK
+
+
+def _promote(campaign, workspace):
+    """The chosen variant's model made production, with its lineage (promotion.py, lineage.py)."""
+    from .campaign_report import judged_run, resolve
+    from .lineage import (LineageError, benchmarked_sha256, build_lineage, promotion_id,
+                          read_training_metadata)
+    from .promotion import promote
+    from .results import ResultsError, load_runs
+
+    v = campaign.variant(campaign.promote)
+    missing = [k for k, value in (("child", v.child), ("modelPath", v.model_path),
+                                  ("resultsPath", v.results_path)) if not value]
+    if missing:
+        raise ConfigError(f"promote names {v.name}, which has no {', '.join(missing)}: nothing to promote")
+    model, results = resolve(v.model_path, workspace), resolve(v.results_path, workspace)
+    try:
+        judged = judged_run(load_runs(results)[0])
+    except ResultsError as exc:
+        raise DataError(f"cannot promote {v.name}: {exc}") from exc
+    try:
+        metadata = read_training_metadata(workspace, v.child)
+    except LineageError as exc:
+        raise DataError(f"cannot promote {v.name}: {exc}") from exc
+    c = campaign.campaign
+    pid = promotion_id(c.uid, c.name, v.name)
+
+    def lineage(model_doc, promoted_at):
+        return build_lineage(promotion=pid, promoted_at=promoted_at,
+                             campaign=c.model_dump(by_alias=True, exclude_none=False), variant=v.name,
+                             child=v.child, reason=campaign.promotion_reason, metadata=metadata,
+                             judged_run=judged, results_path=str(results), model=model_doc, image_id=v.image_id,
+                             baseline=campaign.baseline, corpus_hash=campaign.corpus_hash)
+
+    return promote(workspace, c.name, variant=v.name, model_source=model, results_source=results, promotion=pid,
+                   expected_sha256=benchmarked_sha256(judged, metadata), lineage=lineage)
+
+
+def _fit_history(summary: dict[str, Any]) -> dict[str, Any]:
+    """Under the 4 KB termination limit: the oldest history entries go first (counted in historyOmitted)."""
+    from quranft.trainer.errors import MAX_TERMINATION_BYTES
+
+    production = summary.get("production")
+
+    def size() -> int:
+        return len(json.dumps(summary, separators=(",", ":"), ensure_ascii=False).encode())
+
+    while production and production["history"] and size() > MAX_TERMINATION_BYTES:
+        production["history"].pop(0)
+        production["historyOmitted"] = production.get("historyOmitted", 0) + 1
+    return summary
 
 
 __all__ = ["main", "build_parser"]
