@@ -1,4 +1,7 @@
-"""`quranft cluster up|down|status|env`: the embedded Kubernetes cluster from the command line."""
+"""`quranft cluster up|down|status|env`: the embedded Kubernetes cluster from the command line.
+
+`up --with kueue` also starts the add-on (quranft.cluster.kueue) once the cluster is ready; `down` stops
+add-ons before the control plane."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +11,8 @@ from pathlib import Path
 
 from . import controlplane
 from .nodeconfig import default_nodes
+
+ADDONS = ("kueue",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--gpus", type=int, default=None,
                     help="nvidia.com/gpu advertised per node (default 2, env QURANFT_NODE_GPUS)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument("--with", dest="addons", action="append", choices=ADDONS, default=[],
+                    help="also start an add-on (repeatable): kueue = Kueue's controller manager with its "
+                         "CRDs and webhooks (built from its Go module on first use)")
     sub.add_parser("down", help="stop everything the cluster started")
     sub.add_parser("status", help="print component and node status as JSON")
     sub.add_parser("env", help='print export lines: eval "$(quranft cluster env)"')
@@ -36,16 +44,24 @@ def main(argv: list[str]) -> int:
         nodes = default_nodes(args.nodes, args.cpu, args.memory, args.gpus)
         try:
             cluster = controlplane.up(args.state_dir, nodes, timeout=args.timeout, log=log)
+            if "kueue" in args.addons:
+                from . import kueue
+
+                kueue.start(cluster, timeout=args.timeout, log=log)
         except (controlplane.ClusterError, RuntimeError) as err:
             print(f"quranft cluster up: {err}", file=sys.stderr)
             return 1
         print(f"KUBECONFIG={cluster.kubeconfig}")
         return 0
     if args.command == "down":
+        from . import kueue
+
+        kueue.stop(args.state_dir or controlplane.default_state_dir(), log=log)
         controlplane.down(args.state_dir, log=log)
         return 0
     if args.command == "status":
         status = controlplane.status(args.state_dir)
+        status["addons"] = _addons(args.state_dir)
         print(json.dumps(status, indent=2))
         return 0 if status["ready"] else 1
     cluster = controlplane.attach(args.state_dir)
@@ -55,3 +71,11 @@ def main(argv: list[str]) -> int:
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     print(f'export PATH={cluster.bin_dir}:$PATH')
     return 0
+
+
+def _addons(state_dir: Path | None) -> dict:
+    """Which add-ons run on the cluster (their own health checks)."""
+    from . import kueue
+
+    cluster = controlplane.attach(state_dir)
+    return {"kueue": cluster is not None and kueue.attach(cluster) is not None}
