@@ -215,7 +215,7 @@ def test_second_run_waits_for_the_only_gpu_then_both_succeed(kueue, gpu_queue, e
     env.claim()
     env.start_operator()
     runs = PhaseLog(env, ("first", "second"))
-    env.create(resource("first", gpus=1, queueName=QUEUE, commands=stub_commands(train_seconds=15)))
+    env.create(resource("first", gpus=1, queueName=QUEUE, commands=stub_commands(train_seconds=20)))
     first = env.wait(lambda: (j := _train_job(env, "first")) and j.spec.suspend is False and j, 90,
                      "Kueue to admit the first run's training Job")
     env.create(resource("second", gpus=1, queueName=QUEUE, commands=stub_commands(train_seconds=2)))
@@ -269,7 +269,7 @@ def test_higher_priority_run_preempts_a_training_which_resumes(kueue, gpu_queue,
     env.start_operator()
     runs = PhaseLog(env, ("background", "urgent"))
     low = stub_commands()
-    low["train"] = ["python", "-c", RESUMABLE_TRAIN, "40", "20"]
+    low["train"] = ["python", "-c", RESUMABLE_TRAIN, "60", "30"]
     env.create(resource("background", gpus=1, queueName=QUEUE, commands=low,
                         resources={"gpus": 1, "cpu": "100m", "memory": "256Mi", "priorityClassName": "qft-kueue-low"}))
 
@@ -306,9 +306,10 @@ def test_higher_priority_run_preempts_a_training_which_resumes(kueue, gpu_queue,
     steps = [json.loads(line.split(" ", 1)[1])["step"] for line in log.splitlines()
              if line.startswith("QURANFT_PROGRESS ")]
     assert summary["resumedFromStep"] and summary["resumedFromStep"] >= 3, summary
-    assert steps and steps[0] == summary["resumedFromStep"] + 1 and steps[-1] == 40, steps[:3]
+    assert steps and steps[0] == summary["resumedFromStep"] + 1 and steps[-1] == 60, steps[:3]
     status = finals["background"]["status"]
-    assert (status.get("resumeCount") or 0) >= 1 and status["progress"]["step"] == 40, status
+    assert (status.get("resumeCount") or 0) >= 1 and status["progress"]["step"] == 60, status
     bg = _train_job(env, "background")
     print(f"background resumed from step {summary['resumedFromStep']} (resumeCount {status.get('resumeCount')}, "
-          f"train Job failed={bg.status.failed or 0}); phases {runs.seen}")
+          f"train Job failed={bg.status.failed or 0}); phases {runs.seen}; "
+          f"Preempted condition: {condition(finals['background'], 'Preempted')}")
