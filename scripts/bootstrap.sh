@@ -43,6 +43,9 @@ fi
 
 bin="$("$root/tests/cluster/build.sh" | tail -n 1)"
 log "cluster binaries in $bin"
+# Real Kueue (issue 17) from its Go module, cached the same way; tests/reliability/test_kueue_real.py runs it.
+kueue_bin="$("$root/tests/cluster/kueue/build.sh" | tail -n 1)"
+log "kueue manager in $kueue_bin"
 echo "export QURANFT_VENV=$venv"
 echo "export QURANFT_K8S_BIN=$bin"
 echo "export PATH=$venv/bin:$bin:\$PATH"
