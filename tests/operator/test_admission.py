@@ -42,3 +42,34 @@ def test_admission_object_never_grants_twice_before_the_index_catches_up():
     entries = [e("r1", 1, finished=True), e("r2", 2, holding=True)] + [e(f"r{i}", i) for i in range(3, 7)]
     assert not adm.admit(("a", "r4"), entries)[0]
     assert adm.admit(("a", "r3"), entries)[0]
+
+
+def test_a_run_is_charged_nodes_times_gpus():
+    from specs import body
+
+    from quranft.operator.admission import charged_gpus
+
+    cases = [({"gpus": 1}, 1), ({"gpus": 8}, 8), ({"nodes": 2, "gpus": 8}, 16),
+             ({"nodes": 2, "gpus": 0, "distributedBackend": "gloo"}, 0)]
+    for resources, gpus in cases:
+        assert charged_gpus(body(spec_overrides={"resources": resources})["spec"]) == gpus, resources
+
+
+def test_a_two_node_run_fills_a_namespace_budget_of_sixteen():
+    two_by_eight = e("v4-2x8", 1, gpus=16, ns="a", holding=True)
+    one = e("v1", 2, gpus=1, ns="a")
+    ok, message = decide(("a", "v1"), [two_by_eight, one], 0, 16)
+    assert not ok and "16/16" in message and "needs 1" in message
+    # Admitted while it waits: a 2 x 8 run asking for 16 of 16 with nothing held gets the namespace whole.
+    assert decide(("a", "v4-2x8"), [e("v4-2x8", 1, gpus=16), e("v1", 2, gpus=1)], 0, 16)[0]
+    assert not decide(("a", "v1"), [e("v4-2x8", 1, gpus=16), e("v1", 2, gpus=1)], 0, 16)[0]
+
+
+def test_the_operators_index_entry_charges_the_whole_group():
+    from specs import body
+
+    from quranft.operator.handlers import run_entry
+
+    b = body(spec_overrides={"resources": {"nodes": 2, "gpus": 8}})
+    entry = run_entry("a", "v3", b["metadata"], b["spec"], {})
+    assert entry["gpus"] == 16

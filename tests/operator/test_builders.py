@@ -236,3 +236,147 @@ def test_a_resource_field_ref_may_name_another_container():
     pod["spec"]["containers"].pop()
     with pytest.raises(ContainerConfigError, match="no container 'sidecar'"):
         container_env(pod, main, {}, lambda *_: None)
+
+
+# --- distributed training ------------------------------------------------------------------------------------
+
+MULTI = {"nodes": 2, "gpus": 8}
+CPU_PAIR = {"nodes": 2, "gpus": 0, "distributedBackend": "gloo"}
+
+
+def _env(job) -> dict:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@pytest.mark.parametrize("resources,expected", [
+    ({"gpus": 0}, {"nodes": 1, "devicesPerNode": 1, "backend": "auto"}),
+    ({"gpus": 8}, {"nodes": 1, "devicesPerNode": 8, "backend": "auto"}),
+    (CPU_PAIR, {"nodes": 2, "devicesPerNode": 1, "backend": "gloo"}),
+    ({**MULTI, "rendezvousTimeoutSeconds": 900}, {"nodes": 2, "devicesPerNode": 8, "backend": "auto",
+                                                 "rendezvousTimeoutSeconds": 900}),
+])
+def test_config_doc_carries_the_distributed_section(resources, expected):
+    b = body(spec_overrides={"resources": resources})
+    doc = builders.run_config_doc(b["spec"], b["metadata"])
+    assert doc["distributed"] == expected
+    cfg = builders.validate_run_config(doc)  # the trainer's own schema accepts it
+    assert cfg.distributed.nodes * cfg.distributed.devices_per_node == builders.world_size(b["spec"])
+
+
+def test_one_node_with_eight_gpus_is_the_one_pod_job_with_eight_gpus():
+    """nodes 1 keeps today's Job: gpus > 1 differ only in the GPU count (the config says how many ranks)."""
+    one, eight = _job("train", resources={"gpus": 1}), _job("train", resources={"gpus": 8})
+    for job in (one, eight):
+        assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (1, 1)
+        assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
+        assert not {"MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE"} & set(_env(job))
+    limits = eight["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert limits["limits"]["nvidia.com/gpu"] == limits["requests"]["nvidia.com/gpu"] == "8"
+    for res in (one, eight):
+        r = res["spec"]["template"]["spec"]["containers"][0]["resources"]
+        del r["limits"]["nvidia.com/gpu"], r["requests"]["nvidia.com/gpu"]
+    assert one == eight
+    assert one["metadata"]["name"] == "v3-train"
+
+
+def test_multi_node_training_is_an_indexed_job_with_rendezvous_env():
+    b = body(spec_overrides={"resources": {**MULTI, "backoffLimit": 4}})
+    job = builders.build_job("train", b["spec"], b["metadata"], SETTINGS)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert job["metadata"]["name"] == "v3-train"
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == \
+        ("Indexed", 2, 2, 0)
+    assert spec["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 5]}},
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+    ]
+    assert pod["subdomain"] == builders.rank_service_name("v3") == "v3-ranks"
+    env = _env(job)
+    assert env["MASTER_ADDR"] == "v3-train-0.v3-ranks" and env["WORLD_SIZE"] == "16"
+    assert env["MASTER_PORT"] == str(builders.rendezvous_port(b["metadata"], 0))
+    assert env["NODE_RANK"] == {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"  # per pod, i.e. per node
+    assert job["metadata"]["labels"][builders.LABEL_ATTEMPT] == "0"
+    assert spec["template"]["metadata"]["labels"][builders.LABEL_ATTEMPT] == "0"
+    assert job["metadata"]["annotations"][builders.GROUP_FAILURES_ANNOTATION] == "0"
+
+
+def test_a_group_restart_is_a_new_job_with_its_own_port():
+    b = body(spec_overrides={"resources": CPU_PAIR})
+    first = builders.build_job("train", b["spec"], b["metadata"], SETTINGS)
+    again = builders.build_job("train", b["spec"], b["metadata"], SETTINGS, attempt=2, group_failures=1)
+    assert again["metadata"]["name"] == "v3-train-r2" == builders.train_job_name("v3", 2, 2)
+    assert _env(again)["MASTER_ADDR"] == "v3-train-r2-0.v3-ranks"
+    assert _env(again)["MASTER_PORT"] != _env(first)["MASTER_PORT"]
+    assert again["metadata"]["annotations"][builders.GROUP_FAILURES_ANNOTATION] == "1"
+    assert again == builders.build_job("train", b["spec"], b["metadata"], SETTINGS, attempt=2, group_failures=1)
+    # Only training spans nodes: prepare and benchmark stay one pod.
+    for stage in ("prepare", "benchmark"):
+        other = builders.build_job(stage, b["spec"], b["metadata"], SETTINGS)
+        assert other["spec"]["completions"] == 1 and "completionMode" not in other["spec"]
+
+
+def test_rendezvous_ports_are_deterministic_distinct_and_below_the_ephemeral_range():
+    metas = [{"namespace": ns, "name": f"run-{i}"} for ns in ("a", "b") for i in range(50)]
+    ports = {builders.rendezvous_port(m, attempt) for m in metas for attempt in range(3)}
+    assert len(ports) >= 290  # 300 run/attempt pairs, a few hash collisions at most
+    assert all(20000 <= p < 32768 for p in ports)
+    assert builders.rendezvous_port(metas[0], 1) == builders.rendezvous_port(dict(metas[0]), 1)
+
+
+def test_rank_service_is_headless_and_selects_every_attempts_training_pods():
+    b = body(spec_overrides={"resources": CPU_PAIR})
+    svc = builders.build_rank_service(b["spec"], b["metadata"])
+    assert svc["metadata"]["name"] == "v3-ranks"
+    assert svc["spec"] == {"clusterIP": "None", "publishNotReadyAddresses": True,
+                           "selector": {builders.LABEL_RUN: "v3", builders.LABEL_STAGE: "train"}}
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-v3"
+    for attempt in (0, 1):
+        labels = builders.build_job("train", b["spec"], b["metadata"], SETTINGS,
+                                    attempt=attempt)["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= labels.items()
+    assert builders.build_rank_service(body()["spec"], body()["metadata"]) is None
+
+
+def test_long_names_leave_room_for_the_pod_index_in_the_hostname():
+    import re
+
+    name = "a" * 52  # the CRD's longest name
+    for nodes in (2, 64):
+        for attempt in (0, 1, 12):
+            job = builders.train_job_name(name, attempt, nodes)
+            hostname = f"{job}-{nodes - 1}"
+            assert len(hostname) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", hostname), hostname
+    assert len({builders.train_job_name(name, a, 2) for a in range(20)}) == 20
+    assert len(builders.rank_service_name(name)) <= 63
+
+
+@pytest.mark.parametrize("resources,problem", [
+    ({"nodes": 2, "gpus": 0}, "distributedBackend: gloo"),
+    ({"nodes": 2, "gpus": 0, "distributedBackend": "nccl"}, "distributedBackend: gloo"),
+    ({"gpus": 0, "distributedBackend": "nccl"}, "nccl needs GPUs"),
+    ({"nodes": 16, "gpus": 16}, "256 ranks exceeds the limit of 128"),
+    ({"nodes": 65, "gpus": 1}, "outside 1..64"),
+    ({"nodes": 2, "gpus": 1, "distributedBackend": "mpi"}, "not one of auto, nccl, gloo"),
+])
+def test_bad_distributed_shapes_are_config_errors(resources, problem):
+    b = body(spec_overrides={"resources": resources})
+    with pytest.raises(ConfigError, match=problem):
+        builders.validate_distributed(b["spec"])
+
+
+@pytest.mark.parametrize("resources", [CPU_PAIR, MULTI, {"nodes": 8, "gpus": 16}, {"gpus": 0}, {"nodes": 128 // 2}])
+def test_good_distributed_shapes_pass(resources):
+    b = body(spec_overrides={"resources": resources})
+    builders.validate_distributed(b["spec"])
+    assert builders.total_gpus(b["spec"]) == builders.nodes_of(b["spec"]) * builders.gpus_of(b["spec"])
+
+
+def test_created_claim_takes_its_access_modes_from_the_spec():
+    b = body(spec_overrides={"storage": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}})
+    assert builders.build_pvc(b["spec"], b["metadata"])["spec"]["accessModes"] == ["ReadWriteMany"]
+    b = body(spec_overrides={"storage": {"size": "10Gi"}})
+    assert builders.build_pvc(b["spec"], b["metadata"])["spec"]["accessModes"] == ["ReadWriteOnce"]

@@ -77,3 +77,63 @@ def test_benchmark_corpus_matches_the_benchmark_corpus_spec():
         if "default" in sub:
             field = next(f for n, f in CorpusSpec.model_fields.items() if (f.alias or n) == key)
             assert sub["default"] == field.get_default(call_default_factory=True), key
+
+
+# --- distributed training, stop requests -----------------------------------------------------------------------
+
+def _rules(node) -> list[str]:
+    return [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+
+
+def test_distributed_fields_default_to_one_pod_and_match_the_trainer_section():
+    """resources.{nodes, gpus, distributedBackend, rendezvousTimeoutSeconds} become the trainer's `distributed`
+    section (builders.distributed_doc); the bounds agree with the trainer's DistributedSpec and the builders."""
+    from quranft.operator import builders
+    from quranft.trainer.config import DistributedSpec
+
+    resources = schema()["properties"]["spec"]["properties"]["resources"]
+    props = resources["properties"]
+    nodes, backend = props["nodes"], props["distributedBackend"]
+    assert (nodes["default"], nodes["minimum"], nodes["maximum"]) == (1, 1, builders.MAX_NODES)
+    assert backend["enum"] == list(builders.BACKENDS) and backend["default"] == "auto"
+    assert "default" not in props["rendezvousTimeoutSeconds"]  # unset: the trainer's default
+    fields = DistributedSpec.model_fields
+    assert [m.le for m in fields["nodes"].metadata if hasattr(m, "le")] == [builders.MAX_NODES]
+    assert [m.le for m in fields["devices_per_node"].metadata if hasattr(m, "le")] == [props["gpus"]["maximum"]]
+    defaulted = {"resources": apply_defaults(resources, {})}
+    doc = builders.distributed_doc(defaulted)
+    assert DistributedSpec.model_validate(doc).model_dump(by_alias=True) == DistributedSpec().model_dump(by_alias=True)
+    rules = _rules(schema()["properties"]["spec"])
+    assert any("self.resources.distributedBackend == 'gloo'" in r for r in rules)
+    assert any(f"<= {builders.MAX_RANKS}" in r for r in rules)
+    for key in ("nodes", "gpus", "distributedBackend"):
+        assert _rules(props[key]) == ["self == oldSelf"], key
+
+
+def test_multi_node_rules_cover_the_claim_and_the_name():
+    root = schema()
+    assert any("self.metadata.name.matches" in r and "resources.nodes == 1" in r for r in _rules(root))
+    spec = root["properties"]["spec"]
+    assert any("'ReadWriteMany' in self.storage.accessModes" in r for r in _rules(spec))
+    modes = spec["properties"]["storage"]["properties"]["accessModes"]
+    assert "ReadWriteMany" in modes["items"]["enum"] and "default" not in modes
+
+
+def test_status_schema_keeps_what_the_operator_writes():
+    """Status fields missing from the schema are pruned by the API server: every key status.py writes is there."""
+    from quranft.operator import status as st
+
+    props = schema()["properties"]["status"]["properties"]
+    assert set(st.PROGRESS_KEYS) | {"display"} <= set(props["progress"]["properties"])
+    training = set(props["training"]["properties"])
+    assert set(st.TRAINING_SUMMARY_KEYS) | {"startTime", "wallSeconds", "gpuHours", "groupRestarts",
+                                            "groupFailures", "lastRestart"} <= training
+    assert set(props["training"]["properties"]["lastRestart"]["properties"]) == {"attempt", "reason", "message",
+                                                                                 "counted"}
+    assert set(st.TERMINAL) <= set(props["phase"]["enum"]) and "Stopped" in st.TERMINAL
+
+
+def test_printer_columns_show_ranks_and_gpu_hours_in_wide_output():
+    columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Ranks"]["jsonPath"] == ".status.training.worldSize" and columns["Ranks"]["priority"] == 1
+    assert columns["GPU-Hours"]["jsonPath"] == ".status.training.gpuHours"

@@ -1,6 +1,7 @@
 """Status derivation from observed children: a table of situations, no cluster."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -8,7 +9,7 @@ import pytest
 from specs import body
 
 from quranft.operator.observe import JobView, PodView, job_view, pod_view
-from quranft.operator.status import Observed, derive, parse_summary, status_patch, transition_events
+from quranft.operator.status import Observed, derive, now_iso, parse_summary, status_patch, transition_events
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 EARLIER = NOW - timedelta(minutes=5)
@@ -343,3 +344,250 @@ def test_waiting_for_gpu_is_a_normal_event_with_the_schedulers_message():
     message = cond(failed, "Failed")["message"]
     assert "60s (spec.startupDeadlineSeconds)" in message and "Insufficient nvidia.com/gpu" in message
     assert {r: k for k, r, _ in transition_events(old, failed)}["StartupDeadlineExceeded"] == "Warning"
+
+
+# --- multi-node groups ------------------------------------------------------------------------------------------
+
+from quranft.operator import builders  # noqa: E402
+from quranft.operator.status import TERMINAL, terminal_stop_notice  # noqa: E402
+
+PAIR = body(spec_overrides={"resources": {"nodes": 2, "gpus": 0, "distributedBackend": "gloo", "backoffLimit": 2}})
+PAIR_SPEC = PAIR["spec"]
+POLICY = "Container train for pod team-a/{pod} failed with exit code {code} matching FailJob rule at index {rule}"
+DISRUPTED = "Pod team-a/{pod} has condition DisruptionTarget matching FailJob rule at index 1"
+
+
+def rank(index: int, name: str | None = None, **kw) -> PodView:
+    return pod(name or f"v3-train-{index}-x", completion_index=index, **kw)
+
+
+def group(attempt: int = 0, failures: int = 0, **kw) -> JobView:
+    kw.setdefault("created", EARLIER)
+    kw.setdefault("start_time", EARLIER)
+    name = builders.train_job_name("v3", attempt, 2)
+    return JobView(name=name, stage="train", indexed=True, completions=2, attempt=attempt, group_failures=failures,
+                   **kw)
+
+
+def killed_group(attempt=0, failures=0, failed_time=NOW - timedelta(seconds=1)) -> JobView:
+    """Rank 1 SIGKILLed (137); the Job controller then stopped rank 0 (SIGTERM -> checkpoint -> 143)."""
+    return group(attempt, failures, failed_reason="PodFailurePolicy", failed_time=failed_time,
+                 failed_message=POLICY.format(pod="v3-train-1-x", code=137, rule=2),
+                 pods=(rank(0, phase="Failed", exit_code=143, terminated_reason="Error"),
+                       rank(1, phase="Failed", exit_code=137, terminated_reason="Error")))
+
+
+def derive_pair(old, spec=PAIR_SPEC, meta=META, **observed):
+    return derive(spec, meta, old, Observed(now=NOW, **observed))
+
+
+def test_a_failed_rank_restarts_the_whole_group_as_the_next_attempt():
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": killed_group()})
+    assert (d.action, d.attempt, d.group_failures) == ("train", 1, 1)
+    assert d.status["phase"] == "Training"
+    training = d.status["training"]
+    assert training["groupRestarts"] == 1 and training["groupFailures"] == 1
+    assert training["lastRestart"] == {"attempt": 1, "reason": "RankFailed", "counted": True,
+                                       "message": "rank 1 (pod v3-train-1-x) of v3-train failed with exit code 137"}
+    trained = cond(d.status, "Trained")
+    assert (trained["status"], trained["reason"]) == ("False", "GroupRestarting")
+    assert "attempt 1" in trained["message"] and "1/2 counted" in trained["message"]
+
+
+def test_a_disrupted_rank_restarts_the_group_without_counting():
+    job = group(1, 1, failed_reason="PodFailurePolicy", failed_time=NOW,
+                failed_message=DISRUPTED.format(pod="v3-train-r1-0-x"),
+                pods=(rank(0, "v3-train-r1-0-x", phase="Failed", exit_code=143, disrupted=True),
+                      rank(1, "v3-train-r1-1-x", phase="Failed", exit_code=143)))
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": job})
+    assert (d.action, d.attempt, d.group_failures) == ("train", 2, 1)
+    assert d.status["training"]["lastRestart"]["reason"] == "RankDisrupted"
+    assert cond(d.status, "Preempted")["status"] == "True"
+
+
+def test_group_failures_past_the_backoff_limit_fail_the_run():
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": killed_group(attempt=2, failures=2)})
+    assert d.status["phase"] == "Failed" and d.action is None
+    failed = cond(d.status, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "group failed 3 times" in failed["message"] and "rank 1" in failed["message"]
+
+
+@pytest.mark.parametrize("code,summary,reason", [
+    (5, {"ok": False, "stage": "train", "reason": "RendezvousTimeout", "message": "1/2 clients joined"},
+     "RendezvousTimeout"),
+    (2, None, "ConfigError"),
+])
+def test_a_fatal_exit_of_any_rank_ends_the_run(code, summary, reason):
+    message = json.dumps(summary) if summary else "Traceback ... bad config"
+    job = group(failed_reason="PodFailurePolicy", failed_time=NOW,
+                failed_message=POLICY.format(pod="v3-train-0-x", code=code, rule=0),
+                pods=(rank(0, phase="Failed", exit_code=code, message=message),
+                      rank(1, phase="Failed", exit_code=143)))
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": job})
+    assert d.status["phase"] == "Failed" and d.action is None
+    assert cond(d.status, "Failed")["reason"] == reason
+
+
+def test_the_restart_waits_until_the_other_ranks_stopped_and_their_states_arrived():
+    running = group(failed_reason="PodFailurePolicy", failed_time=NOW - timedelta(seconds=5),
+                    failed_message=POLICY.format(pod="v3-train-1-x", code=1, rule=2),
+                    pods=(rank(0, running=True, phase="Running"), rank(1, phase="Failed", exit_code=1)))
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": running})
+    assert d.action is None and cond(d.status, "Trained")["reason"] == "GroupRestarting"
+    # ...but not forever (a node that never reports its pod stopped).
+    stale = dataclasses.replace(running, failed_time=NOW - timedelta(minutes=11))
+    assert derive_pair(status(ADMITTED, READY), jobs={"train": stale}).action == "train"
+    unseen = group(failed_reason="BackoffLimitExceeded", failed_time=NOW - timedelta(seconds=2))
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": unseen})
+    assert d.action is None and d.status["phase"] == "Training"
+
+
+def test_the_summary_and_metrics_come_from_rank_zero():
+    rank0 = {"ok": True, "stage": "train", "step": 40, "modelPath": "/workspace/runs/v3/model.nemo", "worldSize": 2,
+             "globalBatchSize": 16, "nodes": 2, "devicesPerNode": 1, "valWer": 0.4}
+    job = group(complete=True, completion_time=EARLIER + timedelta(hours=1), start_time=EARLIER,
+                pods=(rank(0, phase="Succeeded", exit_code=0, terminated_reason="Completed", message=json.dumps(rank0)),
+                      rank(1, phase="Succeeded", exit_code=0, terminated_reason="Completed", message="rank 1 done",
+                           created=EARLIER + timedelta(seconds=1))))
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": job})
+    assert d.action == "benchmark" and d.status["model"]["valWer"] == 0.4
+    training = d.status["training"]
+    assert (training["worldSize"], training["globalBatchSize"], training["nodes"], training["devicesPerNode"]) == \
+        (2, 16, 2, 1)
+    assert training["wallSeconds"] == 3600.0 and training["gpuHours"] == 0  # gpus 0: CPU time is no GPU time
+    assert d.status["trainingPods"] == ["v3-train-0-x"] and not d.status.get("resumeCount")
+
+
+def test_gpu_hours_are_wall_time_times_nodes_times_gpus():
+    spec = body(spec_overrides={"resources": {"nodes": 2, "gpus": 8}})["spec"]
+    start = NOW - timedelta(minutes=90)
+    job = group(active=2, start_time=start, pods=(rank(0, running=True, phase="Running"),
+                                                  rank(1, running=True, phase="Running")))
+    line = {"step": 10, "maxSteps": 40, "loss": 1.0, "worldSize": 16, "globalBatchSize": 192}
+    d = derive_pair(status(ADMITTED, READY), spec=spec, jobs={"train": job}, progress=line)
+    training = d.status["training"]
+    assert training["startTime"] == now_iso(start) and training["wallSeconds"] == 5400.0
+    assert training["gpuHours"] == 24.0  # 1.5 h x 2 nodes x 8 GPUs
+    assert (training["worldSize"], training["globalBatchSize"]) == (16, 192)
+    assert cond(d.status, "RanksReady")["reason"] == "AllRanksRunning"
+
+
+def test_ranks_ready_names_the_pods_still_waiting():
+    job = group(active=2, pods=(rank(0, running=True, phase="Running"), rank(1, unschedulable=NO_GPU)))
+    d = derive_pair(status(ADMITTED, READY), jobs={"train": job})
+    ranks = cond(d.status, "RanksReady")
+    assert (ranks["status"], ranks["reason"]) == ("False", "WaitingForRanks")
+    assert "1/2 pods" in ranks["message"] and "v3-train-1-x: unschedulable" in ranks["message"]
+    # The waiting rank's own start-up problem is reported too (any rank can block the group).
+    assert cond(d.status, "StartupBlocked")["reason"] == "WaitingForGPU"
+
+
+def test_an_attempt_newer_than_the_status_is_adopted_with_its_counts():
+    """The operator died between creating <name>-train-r1 and writing the status: the Job itself says."""
+    job = group(1, 1, active=2, pods=(rank(0, "v3-train-r1-0-x", running=True, phase="Running"),))
+    d = derive_pair(status(ADMITTED, READY, jobs={"train": "v3-train"}), jobs={"train": job})
+    assert d.status["jobs"]["train"] == "v3-train-r1"
+    assert (d.status["training"]["groupRestarts"], d.status["training"]["groupFailures"]) == (1, 1)
+    assert d.status["resumeCount"] == 1
+
+
+def test_policy_messages_of_the_job_controller_parse():
+    from quranft.operator.status import _group_cause
+
+    job = killed_group()
+    assert _group_cause(job)[0] == "failed" and _group_cause(job)[1].name == "v3-train-1-x"
+    disrupted = group(failed_message=DISRUPTED.format(pod="v3-train-0-x"), pods=(rank(0), rank(1)))
+    assert _group_cause(disrupted) == ("disrupted", disrupted.pods[0])
+    no_message = group(pods=(rank(0, phase="Failed", exit_code=143), rank(1, phase="Failed", exit_code=4)))
+    assert _group_cause(no_message) == ("failed", no_message.pods[1])
+
+
+def test_views_parse_the_completion_index_and_the_attempt():
+    p = pod_view({"metadata": {"name": "x", "annotations": {"batch.kubernetes.io/job-completion-index": "1"}},
+                  "status": {"phase": "Running"}})
+    assert p.completion_index == 1
+    assert pod_view({"metadata": {"name": "y"}, "status": {}}).completion_index is None
+    j = job_view({"metadata": {"name": "v3-train-r2",
+                               "labels": {"quranft.io/stage": "train", "quranft.io/attempt": "2"},
+                               "annotations": {"quranft.io/group-failures": "1"}},
+                  "spec": {"completionMode": "Indexed", "completions": 2},
+                  "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                             "lastTransitionTime": "2026-01-01T12:00:00Z"}]}})
+    assert (j.indexed, j.completions, j.attempt, j.group_failures, j.failed_time) == (True, 2, 2, 1, NOW)
+
+
+# --- stop requests ----------------------------------------------------------------------------------------------
+
+def stopped_meta(reason="early stopping: val WER 0.93 > median 0.41 + 0.05 at step 20"):
+    return {**META, "annotations": {builders.STOP_ANNOTATION: reason}}
+
+
+TRAINING_JOB = job("train", active=1, pods=(pod(running=True, phase="Running"),))
+LAST = {"step": 20, "maxSteps": 40, "loss": 2.0, "valWer": 0.93, "display": "20/40"}
+
+STOP_CASES = [
+    # (id, spec, old status, jobs, expected phase, suspend, delete, Stopped condition (status, reason))
+    ("training", SPEC, status(ADMITTED, READY, progress=LAST), {"train": TRAINING_JOB}, "Stopped",
+     ("v3-train", True), (), ("True", "StopRequested")),
+    ("training-under-kueue", dict(SPEC, queueName="q"), status(ADMITTED, READY, progress=LAST),
+     {"train": TRAINING_JOB}, "Stopped", None, ("v3-train",), ("True", "StopRequested")),
+    ("preparing", SPEC, status(ADMITTED, phase="PreparingData"), {"prepare": job("prepare", active=1)}, "Stopped",
+     ("v3-prepare", True), (), ("True", "StopRequested")),
+    ("queued", SPEC, status(phase="Queued"), {}, "Stopped", None, (), ("True", "StopRequested")),
+    ("suspended-already", dict(SPEC, suspend=True), status(ADMITTED, READY, phase="Suspended"),
+     {"train": job("train", suspended=True)}, "Stopped", None, (), ("True", "StopRequested")),
+    ("benchmarking", SPEC, status(ADMITTED, READY, TRAINED, phase="Benchmarking"),
+     {"benchmark": job("benchmark", active=1)}, "Benchmarking", None, (), ("False", "StopIgnored")),
+    ("training-just-finished", SPEC, status(ADMITTED, READY), {"train": job("train", complete=True,
+     completion_time=NOW, pods=(ok_pod({"ok": True, "stage": "train", "step": 40}),))}, "Benchmarking", None, (),
+     ("False", "StopIgnored")),
+]
+
+
+@pytest.mark.parametrize("case", STOP_CASES, ids=[c[0] for c in STOP_CASES])
+def test_stop_request(case):
+    _, spec, old, jobs, phase, suspend, delete, (value, reason) = case
+    d = derive(spec, stopped_meta(), old, Observed(now=NOW, jobs=jobs))
+    assert d.status["phase"] == phase
+    assert (d.suspend, d.delete_jobs) == (suspend, delete)
+    stopped = cond(d.status, "Stopped")
+    assert (stopped["status"], stopped["reason"]) == (value, reason)
+    assert "val WER 0.93" in stopped["message"]
+    if phase == "Stopped":
+        assert phase in TERMINAL and d.action is None and d.status["completionTime"]
+        assert d.status.get("progress") == old.get("progress")  # the last metrics stay
+        kinds = {r: k for k, r, _ in transition_events(old, d.status)}
+        assert kinds["StopRequested"] == "Normal" and kinds["PhaseStopped"] == "Normal"
+
+
+def test_a_stopped_run_stays_stopped_and_keeps_its_gpu_hours():
+    spec = body(spec_overrides={"resources": {"gpus": 1}})["spec"]
+    old = status(ADMITTED, READY, training={"startTime": now_iso(NOW - timedelta(hours=2))})
+    d = derive(spec, stopped_meta(), old, Observed(now=NOW, jobs={"train": TRAINING_JOB}))
+    assert d.status["training"]["gpuHours"] == 2.0
+    later = Observed(now=NOW + timedelta(hours=1), jobs={"train": job("train", suspended=True)})
+    again = derive(spec, META, d.status, later)
+    assert again.status == d.status and again.suspend is None  # terminal: no resume, no rewrite
+
+
+def test_a_stop_request_after_the_end_is_ignored_and_said_once():
+    done = status(ADMITTED, READY, TRAINED, phase="Succeeded", verdict="improvement")
+    notice = terminal_stop_notice(stopped_meta(), done, NOW)
+    assert notice["phase"] == "Succeeded" and notice["verdict"] == "improvement"
+    ignored = cond(notice, "Stopped")
+    assert (ignored["status"], ignored["reason"]) == ("False", "StopIgnored") and "Succeeded" in ignored["message"]
+    assert terminal_stop_notice(stopped_meta(), notice, NOW) is None
+    assert terminal_stop_notice(META, done, NOW) is None
+    assert terminal_stop_notice(stopped_meta(), {"phase": "Stopped"}, NOW) is None
+
+
+def test_progress_keeps_the_metrics_early_stopping_reads():
+    line = {"step": 30, "maxSteps": 40, "loss": 1.2, "valWer": 0.5, "valWerStep": 25, "samplesPerSecond": 88.5,
+            "worldSize": 2, "lr": 0.1, "updatedAt": "2026-01-01T12:00:00Z"}
+    d = derive(SPEC, META, status(ADMITTED, READY), Observed(now=NOW, progress=line, jobs={"train": TRAINING_JOB}))
+    assert d.status["progress"] == {k: v for k, v in line.items() if k != "lr"} | {"display": "30/40"}
+    later = {"step": 35, "maxSteps": 40, "loss": 1.1, "updatedAt": "2026-01-01T12:00:10Z"}
+    d2 = derive(SPEC, META, d.status, Observed(now=NOW, progress=later, jobs={"train": TRAINING_JOB}))
+    assert (d2.status["progress"]["valWer"], d2.status["progress"]["valWerStep"]) == (0.5, 25)
+    assert d2.status["progress"]["step"] == 35

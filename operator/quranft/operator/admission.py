@@ -1,14 +1,20 @@
 """Operator-wide budget: max concurrent trainings and max GPUs per namespace, admitted FIFO.
 
-A run holds a slot from data preparation to the end of training. `decide` is pure; `Admission` adds the
-one piece of in-process memory the indexes cannot give: slots granted in this process whose status has
-not come back through the watch yet (without it, two passes in the same second could both be admitted).
+A run holds a slot from data preparation to the end of training and is charged the GPUs its training Job
+holds: nodes x GPUs per node (`charged_gpus`), as a namespace ResourceQuota or Kueue counts its pods.
+`decide` is pure; `Admission` adds the one piece of in-process memory the indexes cannot give: slots granted
+in this process whose status has not come back through the watch yet (without it, two passes in the same
+second could both be admitted).
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 from typing import Iterable
+
+from .builders import total_gpus as charged_gpus  # the one definition: resources.nodes x resources.gpus
+
+__all__ = ["Admission", "Entry", "charged_gpus", "decide"]
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -18,7 +24,7 @@ class Entry:
     namespace: str
     name: str
     created: str  # RFC 3339 creationTimestamp: sorts chronologically as text
-    gpus: int
+    gpus: int  # charged_gpus: nodes x GPUs per node
     holding: bool  # admitted and not done training
     finished: bool  # trained, failed or succeeded: holds nothing, waits for nothing
 

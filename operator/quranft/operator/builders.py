@@ -1,7 +1,12 @@
-"""Pure builders: a QuranFineTune (spec + metadata) -> the ConfigMap, PVC and stage Jobs it needs.
+"""Pure builders: a QuranFineTune (spec + metadata) -> the ConfigMap, PVC, Service and stage Jobs it needs.
 
 No I/O and no clients: every function returns a fresh dict (inputs are deep-copied) so the same input
 always gives the same object, which is what makes "create with a deterministic name; 409 = adopt" safe.
+
+Distributed training (`resources.nodes` x `resources.gpus`): one pod per node, each running `gpus` ranks
+(Lightning DDP spawns them); `nodes: 1` keeps the one-pod Job. `nodes > 1` is an Indexed Job plus a headless
+Service whose name is the pods' `subdomain`, so rank 0 is reachable as `<job>-0.<service>` (the Kubernetes
+pattern Kubeflow's JobSet-based trainer and PyTorchJob use; see `build_rank_job_fields`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,15 @@ LABEL_RUN = f"{GROUP}/run"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_DATA_HASH = f"{GROUP}/data-spec-hash"
+# A multi-node training Job is re-created as a new attempt when the group restarts (see build_rank_job_fields).
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+# Counted group failures before this attempt, on the attempt's Job itself, so the count survives an operator
+# that dies between creating the Job and writing the status.
+GROUP_FAILURES_ANNOTATION = f"{GROUP}/group-failures"
+# Set by a user or the campaign controller: the run ends Stopped (see status.derive); the value says why.
+STOP_ANNOTATION = f"{GROUP}/stop-requested"
+# The Job controller's per-pod completion index of an Indexed Job (annotation and label on every pod).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Tests may replace a stage's command per resource; honoured only with settings.allow_command_overrides.
 COMMAND_ANNOTATION = f"{GROUP}/stage-commands"
@@ -31,6 +45,12 @@ STAGE_SUFFIX = {"prepare": "prepare", "train": "train", "benchmark": "bench"}
 FATAL_EXIT_CODES = [2, 5]
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_NAME = 63
+# Ranks of one run at most (nodes x devices per node); the CRD has the same ceiling as a CEL rule.
+MAX_RANKS = 128
+MAX_NODES = 64
+BACKENDS = ("auto", "nccl", "gloo")
+# MASTER_PORT range: below Linux's ephemeral range (32768-60999), so an outgoing connection never holds it.
+RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORT_SPAN = 20000, 12000
 # The hub token arrives as a file, not an env var (env leaks into crash dumps and `kubectl describe`);
 # huggingface_hub, and through it datasets, read the file named by HF_TOKEN_PATH.
 HUB_TOKEN_DIR = "/var/run/secrets/quranft/hub"
@@ -47,18 +67,34 @@ CHECKOV_JUSTIFIED_SKIPS = {
 }
 
 
-def child_name(name: str, suffix: str) -> str:
-    """`<name>-<suffix>`, at most 63 characters; a truncated name keeps a hash of the full one."""
+def child_name(name: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """`<name>-<suffix>`, at most `limit` characters; a truncated name keeps a hash of the full one."""
     full = f"{name}-{suffix}"
-    if len(full) <= MAX_NAME:
+    if len(full) <= limit:
         return full
     digest = hashlib.sha256(full.encode()).hexdigest()[:8]
-    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    keep = limit - len(suffix) - len(digest) - 2
     return f"{name[:keep].rstrip('-.')}-{digest}-{suffix}"
 
 
 def job_name(name: str, stage: str) -> str:
     return child_name(name, STAGE_SUFFIX[stage])
+
+
+def train_job_name(name: str, attempt: int = 0, nodes: int = 1) -> str:
+    """The training Job of one attempt: `<name>-train`, then `<name>-train-r1`, `-r2`, ... after group restarts.
+
+    An Indexed Job's pods are named `<job>-<index>` as hostnames (a DNS label, 63 characters), so a multi-node
+    Job's name leaves room for its largest index.
+    """
+    suffix = STAGE_SUFFIX["train"] + (f"-r{attempt}" if attempt else "")
+    limit = MAX_NAME if nodes <= 1 else MAX_NAME - len(f"-{nodes - 1}")
+    return child_name(name, suffix, limit)
+
+
+def rank_service_name(name: str) -> str:
+    """The headless Service of a multi-node run: the pods' `subdomain`, one per run (every attempt uses it)."""
+    return child_name(name, "ranks")
 
 
 def config_map_name(name: str) -> str:
@@ -95,14 +131,77 @@ def _object_meta(name: str, meta: Mapping[str, Any], labels: dict[str, str], own
     return out
 
 
+# --- distribution ----------------------------------------------------------------------------------------
+
+def nodes_of(spec: Mapping[str, Any]) -> int:
+    return int((spec.get("resources") or {}).get("nodes", 1))
+
+
+def gpus_of(spec: Mapping[str, Any]) -> int:
+    """GPUs per training pod (per node)."""
+    return int((spec.get("resources") or {}).get("gpus", 1))
+
+
+def devices_per_node(spec: Mapping[str, Any]) -> int:
+    """Ranks per pod: one per GPU, one process on CPU."""
+    return max(gpus_of(spec), 1)
+
+
+def world_size(spec: Mapping[str, Any]) -> int:
+    return nodes_of(spec) * devices_per_node(spec)
+
+
+def total_gpus(spec: Mapping[str, Any]) -> int:
+    """GPUs the training Job holds: nodes x GPUs per node (what quotas and the operator's budget charge)."""
+    return nodes_of(spec) * gpus_of(spec)
+
+
+def distributed_doc(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer config's `distributed` section (camelCase, as the trainer reads it)."""
+    res = spec.get("resources") or {}
+    doc: dict[str, Any] = {"nodes": nodes_of(spec), "devicesPerNode": devices_per_node(spec),
+                           "backend": str(res.get("distributedBackend") or "auto")}
+    if res.get("rendezvousTimeoutSeconds") is not None:
+        doc["rendezvousTimeoutSeconds"] = int(res["rendezvousTimeoutSeconds"])
+    return doc
+
+
+def validate_distributed(spec: Mapping[str, Any]) -> None:
+    """The CRD's CEL rules on resources.nodes/gpus/distributedBackend, again (a resource stored under an older
+    CRD skipped them): ConfigError names the field."""
+    res = spec.get("resources") or {}
+    nodes, gpus, backend = nodes_of(spec), gpus_of(spec), str(res.get("distributedBackend") or "auto")
+    if backend not in BACKENDS:
+        raise ConfigError(f"resources.distributedBackend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if not 1 <= nodes <= MAX_NODES:
+        raise ConfigError(f"resources.nodes: {nodes} is outside 1..{MAX_NODES}")
+    if nodes > 1 and gpus == 0 and backend != "gloo":
+        raise ConfigError("resources.nodes > 1 with gpus 0 trains on CPUs across pods: set "
+                          "resources.distributedBackend: gloo")
+    if backend == "nccl" and gpus == 0:
+        raise ConfigError("resources.distributedBackend: nccl needs GPUs (resources.gpus > 0); use gloo on CPU")
+    if world_size(spec) > MAX_RANKS:
+        raise ConfigError(f"resources: nodes x gpus = {world_size(spec)} ranks exceeds the limit of {MAX_RANKS}")
+
+
+def rendezvous_port(meta: Mapping[str, Any], attempt: int = 0) -> int:
+    """MASTER_PORT of one run and attempt: deterministic (a re-built Job is identical), and different across
+    runs and attempts, because the embedded cluster's pods share the host's loopback (a real cluster gives
+    every pod its own network namespace, where any port would do)."""
+    key = f"{meta['namespace']}/{meta['name']}/{attempt}".encode()
+    return RENDEZVOUS_PORT_BASE + int(hashlib.sha256(key).hexdigest(), 16) % RENDEZVOUS_PORT_SPAN
+
+
 # --- the trainer config -------------------------------------------------------------------------------
 
 def run_config_doc(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The config.json document: spec.data / spec.training copied through unchanged (same field names)."""
+    """The config.json document: spec.data / spec.training copied through unchanged (same field names);
+    `distributed` from spec.resources (nodes, devices per node = GPUs or 1 on CPU, backend)."""
     return {
         "run": {"name": meta["name"], "namespace": meta["namespace"], "workspace": WORKSPACE},
         "data": copy.deepcopy(dict(spec.get("data") or {})),
         "training": copy.deepcopy(dict(spec.get("training") or {})),
+        "distributed": distributed_doc(spec),
         "metrics": {"port": 9400, "progressIntervalSeconds": 5},
     }
 
@@ -141,7 +240,8 @@ def build_pvc(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": _object_meta(claim_name(spec, name), meta, run_labels(name, "workspace"),
                                  owned=bool(storage.get("deleteClaimOnDelete"))),
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage["size"]}}},
+        "spec": {"accessModes": list(storage.get("accessModes") or ["ReadWriteOnce"]),
+                 "resources": {"requests": {"storage": storage["size"]}}},
     }
     if storage.get("storageClassName"):
         pvc["spec"]["storageClassName"] = storage["storageClassName"]
@@ -320,13 +420,19 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
 
 
 def build_job(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any], settings: OperatorSettings,
-              **bench_kwargs: Any) -> dict[str, Any]:
-    """The Job of one stage. Names are deterministic, so a retried create is answered 409 and adopted."""
+              attempt: int = 0, group_failures: int = 0, **bench_kwargs: Any) -> dict[str, Any]:
+    """The Job of one stage. Names are deterministic, so a retried create is answered 409 and adopted.
+
+    `attempt` and `group_failures` matter only for a multi-node training Job (see build_rank_job_fields).
+    """
     name = meta["name"]
     generation = int(meta.get("generation") or 1)
+    nodes = nodes_of(spec) if stage == "train" else 1
     labels = run_labels(name, stage, generation)
     if stage in ("prepare", "train"):
         labels[LABEL_DATA_HASH] = spec_data_hash(spec)
+    if nodes > 1:
+        labels[LABEL_ATTEMPT] = str(attempt)
     job_labels = dict(labels)
     queue = spec.get("queueName")
     if queue:
@@ -350,8 +456,75 @@ def build_job(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any], sett
     }
     if spec.get("activeDeadlineSeconds"):
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
+    annotations = dict(CHECKOV_JUSTIFIED_SKIPS)
+    if nodes > 1:
+        name_of_job = train_job_name(name, attempt, nodes)
+        build_rank_job_fields(job_spec, spec, meta, name_of_job, attempt)
+        annotations[GROUP_FAILURES_ANNOTATION] = str(group_failures)
+    else:
+        name_of_job = job_name(name, stage)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _object_meta(job_name(name, stage), meta, job_labels, annotations=CHECKOV_JUSTIFIED_SKIPS),
+        "metadata": _object_meta(name_of_job, meta, job_labels, annotations=annotations),
         "spec": job_spec,
+    }
+
+
+def build_rank_job_fields(job_spec: dict[str, Any], spec: Mapping[str, Any], meta: Mapping[str, Any],
+                          name_of_job: str, attempt: int) -> None:
+    """Turn a training Job spec into the multi-node group: an Indexed Job with one pod per node.
+
+    Rendezvous: pod `i` is hostname `<job>-i` in the subdomain `rank_service_name` (a headless Service that
+    publishes not-ready addresses, so peers resolve before any pod is Ready); MASTER_ADDR is rank 0's name,
+    NODE_RANK the completion index (downward API), WORLD_SIZE nodes x devices per node. Lightning's DDP
+    strategy reads them and spawns `devicesPerNode` ranks in each pod.
+
+    Group restart (JobSet's `failurePolicy.maxRestarts` semantics): DDP cannot replace one rank of a running
+    group, so a retried pod would wait for peers that have moved on. Any failed pod therefore fails the whole
+    Job at once (backoffLimit 0 and FailJob rules; the Job controller then stops the other ranks with SIGTERM),
+    and the operator creates the next attempt `<name>-train-r<k>` from the last
+    checkpoint (status.derive). Exit codes 2 and 5 (config, environment, RendezvousTimeout) end the run; a
+    disruption (DisruptionTarget: preemption, eviction, drain) restarts without counting; any other failure
+    counts against resources.backoffLimit. The counted failures so far ride on the new Job's annotation.
+    `backoffLimitPerIndex` was not used: it retries one index alone, which a DDP group cannot absorb.
+
+    All-or-nothing placement is the cluster's to offer: with spec.queueName Kueue admits the Job's pods
+    together (its quota is charged for all of them, and `waitForPodsReady` evicts a group that does not
+    start in time). The scheduler-plugins coscheduling plugin gangs pods of a PodGroup, which the operator does
+    not create; Kubernetes' own gang scheduling (the alpha Workload API) skips Jobs with a controller owner,
+    as ours have. Without Kueue,
+    the trainer's rendezvous timeout (resources.rendezvousTimeoutSeconds) is the barrier: ranks that do not
+    all arrive end the run with RendezvousTimeout, and the RanksReady condition names the pods still waiting.
+    """
+    nodes = nodes_of(spec)
+    service = rank_service_name(meta["name"])
+    job_spec.update({
+        "completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": list(FATAL_EXIT_CODES)}},
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+        ]},
+    })
+    pod = job_spec["template"]["spec"]
+    pod["subdomain"] = service
+    pod["containers"][0]["env"] += [
+        {"name": "MASTER_ADDR", "value": f"{name_of_job}-0.{service}"},
+        {"name": "MASTER_PORT", "value": str(rendezvous_port(meta, attempt))},
+        {"name": "WORLD_SIZE", "value": str(world_size(spec))},
+        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}},
+    ]
+
+
+def build_rank_service(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The headless Service giving a multi-node run's pods DNS names (None for a one-pod run). Owned by the
+    resource; it selects the training pods of every attempt (their hostnames differ per attempt)."""
+    if nodes_of(spec) <= 1:
+        return None
+    name = meta["name"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _object_meta(rank_service_name(name), meta, run_labels(name, "train")),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {LABEL_RUN: name, LABEL_STAGE: "train"}},
     }

@@ -18,7 +18,7 @@ import kopf
 from quranft.trainer.config import ConfigError
 
 from . import builders, status as st
-from .admission import Admission, Entry
+from .admission import Admission, Entry, charged_gpus
 from .kube import Kube
 from .metrics import Metrics
 from .observe import JobView, job_view, parse_time, pod_view
@@ -92,7 +92,7 @@ def run_entry(namespace: str, name: str, meta: Mapping[str, Any], spec: Mapping[
     return {
         "name": name, "namespace": namespace, "uid": meta.get("uid"),
         "created": str(meta.get("creationTimestamp") or ""),
-        "gpus": int((spec.get("resources") or {}).get("gpus", 1)),
+        "gpus": charged_gpus(spec),
         "claim": builders.claim_name(spec, name), "dataHash": data_hash, "phase": phase,
         "dataReady": st.condition_true(status, "DataReady"),
         "preparing": bool((status.get("jobs") or {}).get("prepare")) and not st.condition_true(status, "DataReady")
@@ -142,6 +142,12 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: loggi
         started = time.monotonic()
         now = datetime.now(timezone.utc)
         if status.get("phase") in st.TERMINAL:
+            notice = st.terminal_stop_notice(meta, status, now)
+            if notice is not None:  # a stop request after the end: say once that it changes nothing
+                for key, value in st.status_patch(status, notice).items():
+                    patch.status[key] = value
+                for kind, reason, message in st.transition_events(status, notice):
+                    kopf.event(body, type=kind, reason=reason, message=message)
             _cleanup_after_ttl(spec, meta, status, now, memo, patch, body)
             memo.metrics.phases.set(uid, status["phase"])
             return
@@ -166,18 +172,25 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
 
     jobs: dict[str, JobView] = {}
     for view in run_jobs.get((ns, name), []):
-        if view.owner_uid == uid:  # a same-named Job of a deleted predecessor is not ours
-            jobs[view.stage] = _with_pods(view, run_pods.get((ns, name, view.stage), []))
+        # A same-named Job of a deleted predecessor is not ours. Of a multi-node run's training attempts the
+        # newest counts (attempts only go up; an older one is a failed group kept for its logs).
+        if view.owner_uid == uid and (view.stage not in jobs or view.attempt > jobs[view.stage].attempt):
+            jobs[view.stage] = view
     lost: set[str] = set()
     current = _current_stage(status)
     named = (status.get("jobs") or {}).get(current) if current else None
-    if current and named and current not in jobs:
-        # The index may simply lag behind our own create; ask the API before calling it lost.
+    newest = jobs.get(current) if current else None
+    if current and named and (newest is None or (newest.name != named
+                                                 and newest.attempt <= _attempt_named(status, current))):
+        # The index may simply lag behind our own create; ask the API before calling it lost. (An index newer
+        # than the status is a restart whose status write was lost: the newer attempt counts.)
         raw = kube.get_job(ns, named)
         if raw is None or (raw["metadata"].get("ownerReferences") or [{}])[0].get("uid") != uid:
             lost.add(current)
+            jobs.pop(current, None)
         else:
-            jobs[current] = _with_pods(job_view(raw), run_pods.get((ns, name, current), []))
+            jobs[current] = job_view(raw)
+    jobs = {stage: _with_pods(view, run_pods.get((ns, name, stage), [])) for stage, view in jobs.items()}
 
     if current in jobs:
         job = jobs[current]
@@ -210,11 +223,13 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
 
     progress = None
     train = jobs.get("train")
-    if train and not train.finished and train.pods and train.pods[-1].running:
+    # Rank 0 (completion index 0 of a multi-node Job) alone prints progress.
+    reporter = next((p for p in reversed(train.pods) if p.completion_index in (None, 0)), None) if train else None
+    if train and not train.finished and reporter is not None and reporter.running:
         last = memo.progress_read.get(uid, 0.0)
         if time.monotonic() - last >= cfg.progress_interval:
             memo.progress_read[uid] = time.monotonic()
-            progress = kube.last_progress(ns, train.pods[-1].name)
+            progress = kube.last_progress(ns, reporter.name)
 
     return st.Observed(now=now, jobs=jobs, config_error=config_error, admitted=admitted,
                        admission_message=admission_message, sibling_data=sibling_data,
@@ -232,6 +247,9 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
         job, flag = derived.suspend
         kube.set_job_suspend(meta["namespace"], job, flag)
         kopf.event(body, type="Normal", reason="Suspended" if flag else "Resumed", message=f"Job {job}")
+    for job in derived.delete_jobs:
+        kube.delete_job(meta["namespace"], job)  # its pods get SIGTERM (checkpoint) from the garbage collector
+        kopf.event(body, type="Normal", reason="JobDeleted", message=f"Job {job}")
     stage = derived.action
     if not stage:
         return
@@ -243,6 +261,11 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
     if stage == "benchmark":
         kwargs["model_path"] = (derived.status.get("model") or {}).get("path")
         kwargs["baseline_results"] = obs.baseline_results
+    if stage == "train":
+        service = builders.build_rank_service(spec, meta)
+        if service is not None:
+            kube.ensure(service)
+        kwargs.update(attempt=derived.attempt, group_failures=derived.group_failures)
     job = builders.build_job(stage, spec, meta, cfg, **kwargs)
     obj, created = kube.ensure(job)
     owner = (obj["metadata"].get("ownerReferences") or [{}])[0].get("uid")
@@ -259,14 +282,23 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
 
 def _config_error(spec: Mapping[str, Any], meta: Mapping[str, Any], cfg: OperatorSettings) -> str | None:
     try:
+        builders.validate_distributed(spec)
+    except ConfigError as exc:
+        return str(exc)
+    try:
         builders.validate_run_config(builders.run_config_doc(spec, meta))
     except ConfigError as exc:
         return f"the trainer would reject this spec: {exc}"
-    gpus = int((spec.get("resources") or {}).get("gpus", 1))
+    gpus = charged_gpus(spec)
     if cfg.max_gpus_per_namespace and gpus > cfg.max_gpus_per_namespace:
-        return (f"resources.gpus: {gpus} exceeds the operator's limit of {cfg.max_gpus_per_namespace} "
-                "GPUs per namespace")
+        shape = f"resources.nodes x gpus = {gpus}" if builders.nodes_of(spec) > 1 else f"resources.gpus: {gpus}"
+        return f"{shape} exceeds the operator's limit of {cfg.max_gpus_per_namespace} GPUs per namespace"
     return None
+
+
+def _attempt_named(status: Mapping[str, Any], stage: str) -> int:
+    """The attempt of the Job the status names for `stage` (only training has more than one)."""
+    return int((status.get("training") or {}).get("groupRestarts") or 0) if stage == "train" else 0
 
 
 def _current_stage(status: Mapping[str, Any]) -> str | None:
@@ -318,9 +350,12 @@ def _cleanup_after_ttl(spec: Mapping[str, Any], meta: Mapping[str, Any], status:
         return
     policy = (spec.get("cleanup") or {}).get("onSuccess" if status["phase"] == "Succeeded" else "onFailure", "Keep")
     if policy == "DeleteJobs":
-        for job in (status.get("jobs") or {}).values():
+        jobs = set((status.get("jobs") or {}).values())
+        restarts = int((status.get("training") or {}).get("groupRestarts") or 0)
+        jobs |= {builders.train_job_name(meta["name"], attempt, builders.nodes_of(spec)) for attempt in range(restarts)}
+        for job in sorted(jobs):
             memo.kube.delete_job(meta["namespace"], job)  # pods go with it; models and the claim stay
-        kopf.event(body, type="Normal", reason="CleanedUp", message=f"deleted Jobs {sorted((status.get('jobs') or {}).values())}")
+        kopf.event(body, type="Normal", reason="CleanedUp", message=f"deleted Jobs {sorted(jobs)}")
     patch.status["cleanedUp"] = True
 
 

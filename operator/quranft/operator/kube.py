@@ -38,6 +38,8 @@ class Kube:
             "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
             "PersistentVolumeClaim": (self.core.create_namespaced_persistent_volume_claim,
                                       self.core.read_namespaced_persistent_volume_claim),
+            # The headless Service of a multi-node run (builders.build_rank_service): create and get only.
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
         }[kind]
         try:
             created = create(ns, obj, _preload_content=False)

@@ -31,6 +31,7 @@ class PodView:
     disrupted: bool = False  # DisruptionTarget condition: preemption, eviction, node drain
     job_uid: str = ""  # the Job that created it (a same-named Job of a deleted resource has another uid)
     unschedulable: str | None = None  # the scheduler's message while PodScheduled is False
+    completion_index: int | None = None  # rank of the pod in an Indexed (multi-node) Job; None otherwise
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class JobView:
     completion_time: datetime | None = None
     pods: tuple[PodView, ...] = field(default_factory=tuple)
     quota_message: str | None = None  # FailedCreate event of the Job controller (ResourceQuota)
+    indexed: bool = False  # completionMode Indexed: a multi-node group (builders.build_rank_job_fields)
+    completions: int = 1
+    attempt: int = 0  # which restart of the group this Job is (label quranft.io/attempt)
+    group_failures: int = 0  # group failures counted before this attempt (its annotation)
+    failed_time: datetime | None = None  # when the Failed condition was set
 
     @property
     def finished(self) -> bool:
@@ -63,7 +69,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     view: dict[str, Any] = {"name": meta.get("name", ""), "phase": status.get("phase") or "Pending",
                             "created": parse_time(meta.get("creationTimestamp")),
-                            "job_uid": _controller_uid(meta)}
+                            "job_uid": _controller_uid(meta), "completion_index": _completion_index(meta)}
     for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             view["disrupted"] = True
@@ -87,11 +93,11 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
 
 
 def job_view(job: Mapping[str, Any], pods: tuple[PodView, ...] = (), quota_message: str | None = None) -> JobView:
-    from .builders import LABEL_GENERATION, LABEL_STAGE
+    from .builders import GROUP_FAILURES_ANNOTATION, LABEL_ATTEMPT, LABEL_GENERATION, LABEL_STAGE
 
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     labels = meta.get("labels") or {}
-    complete, failed_reason, failed_message = False, None, None
+    complete, failed_reason, failed_message, failed_time = False, None, None, None
     for cond in status.get("conditions") or []:
         if cond.get("status") != "True":
             continue
@@ -99,6 +105,7 @@ def job_view(job: Mapping[str, Any], pods: tuple[PodView, ...] = (), quota_messa
             complete = True
         elif cond.get("type") == "Failed":
             failed_reason, failed_message = cond.get("reason") or "Failed", cond.get("message")
+            failed_time = parse_time(cond.get("lastTransitionTime"))
     return JobView(
         name=meta.get("name", ""), stage=labels.get(LABEL_STAGE, ""),
         generation=int(labels.get(LABEL_GENERATION) or 1), uid=meta.get("uid", ""), owner_uid=_controller_uid(meta),
@@ -108,8 +115,27 @@ def job_view(job: Mapping[str, Any], pods: tuple[PodView, ...] = (), quota_messa
         complete=complete, failed_reason=failed_reason, failed_message=failed_message,
         start_time=parse_time(status.get("startTime")), completion_time=parse_time(status.get("completionTime")),
         pods=tuple(sorted(pods, key=lambda p: (p.created.timestamp() if p.created else 0.0, p.name))),
-        quota_message=quota_message,
+        quota_message=quota_message, indexed=spec.get("completionMode") == "Indexed",
+        completions=int(spec.get("completions") or 1), attempt=_int(labels.get(LABEL_ATTEMPT)),
+        group_failures=_int((meta.get("annotations") or {}).get(GROUP_FAILURES_ANNOTATION)), failed_time=failed_time,
     )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):  # a hand-edited label is not a reason to stop reconciling
+        return 0
+
+
+def _completion_index(meta: Mapping[str, Any]) -> int | None:
+    from .builders import COMPLETION_INDEX
+
+    raw = (meta.get("annotations") or {}).get(COMPLETION_INDEX, (meta.get("labels") or {}).get(COMPLETION_INDEX))
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _controller_uid(meta: Mapping[str, Any]) -> str:

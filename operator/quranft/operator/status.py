@@ -2,7 +2,9 @@
 new status and the next action. No I/O: the handlers gather the observations and apply the result.
 
 Phases: Pending -> Queued -> PreparingData -> Training -> Benchmarking -> Succeeded | Failed
-(Suspended while spec.suspend holds the active Job). Succeeded and Failed are terminal and sticky.
+(Suspended while spec.suspend holds the active Job; Stopped when a stop request, the annotation
+quranft.io/stop-requested, ends a run before its training finished). Succeeded, Failed and Stopped are
+terminal and sticky.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from .observe import JobView, PodView
+from .builders import FATAL_EXIT_CODES, STOP_ANNOTATION, devices_per_node, nodes_of, total_gpus
+from .observe import JobView, PodView, parse_time
 
-TERMINAL = ("Succeeded", "Failed")
+TERMINAL = ("Succeeded", "Failed", "Stopped")
 MAX_MESSAGE_BYTES = 4096  # the kubelet's termination-message limit
 REASON_BY_EXIT = {2: "ConfigError", 3: "DataError", 4: "TrainingError", 5: "EnvironmentError"}
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -31,6 +34,13 @@ BENCHMARK_STATUS_KEYS = ("metrics", "baseline", "deltas", "targets", "resultsPat
 # A finished Job's pod status may reach us (separate watch) a moment after the Job's; wait this long.
 OBSERVATION_GRACE = timedelta(seconds=20)
 CONDITION_MESSAGE_LIMIT = 2048
+# A failed multi-node attempt whose other ranks still run (an older Job controller sets Failed before its pods
+# end) is restarted once they stopped, or after this long: two rank-0s never write one checkpoint directory.
+GROUP_STOP_WAIT = timedelta(minutes=10)
+# The progress line's keys kept in status.progress (docs/contracts.md); valWer is what early stopping reads.
+PROGRESS_KEYS = ("step", "maxSteps", "loss", "valWer", "valWerStep", "samplesPerSecond", "worldSize", "updatedAt")
+# The train summary's keys about the ranks, kept in status.training.
+TRAINING_SUMMARY_KEYS = ("worldSize", "globalBatchSize", "nodes", "devicesPerNode")
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,9 @@ class Derived:
     status: dict[str, Any]
     action: str | None = None  # stage whose Job must be created
     suspend: tuple[str, bool] | None = None  # (job name, desired spec.suspend) for an existing Job
+    attempt: int = 0  # with action "train": the attempt of a multi-node group (its Job name, see builders)
+    group_failures: int = 0  # ... and the group failures counted before it (carried on that Job)
+    delete_jobs: tuple[str, ...] = ()  # Jobs to delete (a stopped run's Kueue-managed Job)
 
 
 def now_iso(now: datetime) -> str:
@@ -112,10 +125,26 @@ def parse_summary(message: str | None) -> tuple[dict[str, Any] | None, str | Non
 
 
 def _succeeded_pod(job: JobView) -> PodView | None:
+    """The pod whose summary counts: the newest succeeded one; of a multi-node Job, rank 0's (completion index
+    0), the only rank that writes the model and the summary."""
     for pod in reversed(job.pods):
+        if pod.completion_index not in (None, 0):
+            continue
         if pod.phase == "Succeeded" or (pod.exit_code == 0 and pod.terminated_reason):
             return pod
     return None
+
+
+def current_pods(job: JobView) -> list[PodView]:
+    """The newest pod of each completion index (of a one-pod Job: its newest pod), by index."""
+    if not job.pods:
+        return []
+    if all(pod.completion_index is None for pod in job.pods):
+        return [job.pods[-1]]
+    latest: dict[int, PodView] = {}
+    for pod in job.pods:  # oldest first
+        latest[pod.completion_index or 0] = pod
+    return [latest[i] for i in sorted(latest)]
 
 
 def _last_failed_pod(job: JobView) -> PodView | None:
@@ -128,9 +157,9 @@ def _last_failed_pod(job: JobView) -> PodView | None:
 _EXIT_IN_MESSAGE = re.compile(r"exit code (\d+)")
 
 
-def classify_failure(job: JobView) -> tuple[str, str]:
-    """(reason, message) for a failed Job, most specific first, so the user can act on it."""
-    pod = _last_failed_pod(job)
+def classify_failure(job: JobView, pod: PodView | None = None) -> tuple[str, str]:
+    """(reason, message) for a failed Job (or the given pod of it), most specific first, so the user can act."""
+    pod = pod or _last_failed_pod(job)
     if job.failed_reason == "DeadlineExceeded":
         return "DeadlineExceeded", job.failed_message or "the Job ran past activeDeadlineSeconds"
     if pod is not None:
@@ -169,9 +198,14 @@ def startup_problem(job: JobView, now: datetime, deadline_s: int | None, image_p
     volumes) after `default_deadline_s`, the operator's settings. An invalid image name fails at once.
     A wait that is no error in itself (scheduling, or no reason at all) fails as StartupDeadlineExceeded.
     """
-    if not job.pods:
-        return None
-    pod = job.pods[-1]
+    problems = [problem for pod in current_pods(job)
+                if (problem := _pod_startup_problem(pod, now, deadline_s, image_pull_deadline_s, default_deadline_s))]
+    # A fatal problem of any rank first (a multi-node Job waits for all of its pods).
+    return next((problem for problem in problems if problem[2]), problems[0] if problems else None)
+
+
+def _pod_startup_problem(pod: PodView, now: datetime, deadline_s: int | None, image_pull_deadline_s: int,
+                         default_deadline_s: int) -> tuple[str, str, bool] | None:
     if pod.running or pod.terminated_reason or pod.phase in ("Running", "Succeeded", "Failed"):
         return None
     if pod.waiting_reason in IMAGE_PULL_REASONS:
@@ -218,6 +252,9 @@ class _Pass:
         self.new["observedGeneration"] = self.generation
         self.action: str | None = None
         self.suspend: tuple[str, bool] | None = None
+        self.attempt = 0
+        self.group_failures = 0
+        self.delete_jobs: tuple[str, ...] = ()
 
     def cond(self, ctype: str, status: bool | str, reason: str, message: str = "") -> None:
         value = status if isinstance(status, str) else ("True" if status else "False")
@@ -227,10 +264,40 @@ class _Pass:
         self.new["phase"] = "Failed"
         self.cond("Failed", True, reason, message)
         self.new.setdefault("completionTime", now_iso(self.obs.now))
+        self.training_clock(self.obs.now)
         return self.done()
 
     def done(self) -> Derived:
-        return Derived(self.new, self.action, self.suspend)
+        return Derived(self.new, self.action, self.suspend, self.attempt, self.group_failures, self.delete_jobs)
+
+    def training_clock(self, end: datetime | None) -> None:
+        """status.training.wallSeconds and gpuHours (wall x nodes x GPUs per node) up to `end`, while training."""
+        training = self.new.get("training") or {}
+        start = parse_time(training.get("startTime"))
+        if start is None or end is None or condition_true(self.old, "Trained"):
+            return
+        wall = max(0.0, (end - start).total_seconds())
+        training["wallSeconds"] = round(wall, 1)
+        training["gpuHours"] = round(wall * total_gpus(self.spec) / 3600, 4)
+
+    def stop(self, reason: str) -> Derived:
+        """A stop request before training finished: the run ends Stopped, its active Job stops (a suspended
+        Job's pods get SIGTERM and checkpoint; Kueue would re-admit a suspended Job it manages, so that one is
+        deleted), and the last progress (metrics) stays in status."""
+        for job in self.obs.jobs.values():
+            if job.finished:
+                continue
+            if self.spec.get("queueName"):
+                self.delete_jobs += (job.name,)
+            elif not job.suspended:
+                self.suspend = (job.name, True)
+        self.new["phase"] = "Stopped"
+        self.cond("Stopped", True, "StopRequested", reason)
+        if get_condition(self.new, "Trained") or "train" in self.obs.jobs:
+            self.cond("Trained", False, "Stopped", f"stopped before training finished: {reason}")
+        self.new.setdefault("completionTime", now_iso(self.obs.now))
+        self.training_clock(self.obs.now)
+        return self.done()
 
     def phase(self, phase: str) -> None:
         self.new["phase"] = phase
@@ -302,8 +369,29 @@ class _Pass:
         result = self.running_stage(job, phase)
         if result:
             return result
+        if job.indexed:
+            self.ranks_ready(job)
         self.cond(ctype, False, reason, f"Job {job.name} is {doing}")
         return self.done()
+
+    def ranks_ready(self, job: JobView) -> None:
+        """RanksReady: whether every pod of a multi-node group runs (until then the ranks wait at rendezvous)."""
+        pods = {pod.completion_index: pod for pod in current_pods(job)}
+        running = sum(1 for pod in pods.values() if pod.running)
+        if running == job.completions:
+            self.cond("RanksReady", True, "AllRanksRunning", f"{running}/{job.completions} pods of {job.name} run")
+            return
+        waiting = []
+        for index in range(job.completions):
+            pod = pods.get(index)
+            if pod is None:
+                waiting.append(f"index {index}: no pod yet")
+            elif not pod.running:
+                why = pod.waiting_reason or ("unschedulable" if pod.unschedulable else pod.phase)
+                waiting.append(f"{pod.name}: {why}")
+        self.cond("RanksReady", False, "WaitingForRanks",
+                  f"{running}/{job.completions} pods of {job.name} run; waiting for {', '.join(waiting)} (ranks "
+                  "that do not all arrive within resources.rendezvousTimeoutSeconds fail the run: RendezvousTimeout)")
 
     def finished_failed(self, job: JobView) -> Derived | None:
         """A failed Job fails the run, once its pods' final state reached us (or after a grace)."""
@@ -327,9 +415,18 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
     for stage in ("prepare", "train", "benchmark"):
         if stage in obs.jobs:
             p.job_name(stage, obs.jobs[stage].name)
+    if "train" in obs.jobs:
+        _training_started(p, obs.jobs["train"])
     if obs.progress:
         _progress(p, obs.progress)
     _startup_settled(p, obs.jobs)
+    stop = stop_request(meta)
+    if stop is not None:
+        train = obs.jobs.get("train")
+        if not condition_true(p.new, "Trained") and not (train and train.complete):
+            return p.stop(stop)
+        p.cond("Stopped", False, "StopIgnored", f"stop request ignored: training had finished, the run goes on to "
+                                                f"its verdict (request: {stop})")
 
     # 1. Operator budget: a run holds a slot from data preparation to the end of training (FIFO).
     holds_slot = "prepare" in obs.jobs or "train" in obs.jobs or condition_true(p.new, "DataReady")
@@ -385,6 +482,9 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
             if get_condition(p.new, "Suspended"):
                 p.cond("Suspended", False, "Resumed", "spec.suspend is false")
             p.cond("Trained", False, "Training", "creating the training Job")
+            # Re-creating the attempt the status names (an index that lags) is answered 409 and adopted.
+            p.attempt = int((p.new.get("training") or {}).get("groupRestarts") or 0)
+            p.group_failures = int((p.new.get("training") or {}).get("groupFailures") or 0)
             return p.create("train", "Training")
         _resumes(p, job)
         if job.complete:
@@ -392,11 +492,15 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
             if pod is None and job.completion_time and obs.now - job.completion_time < OBSERVATION_GRACE:
                 return p.done()
             summary, _ = parse_summary(pod.message if pod else None)
+            _training_summary(p, summary)
+            p.training_clock(job.completion_time or obs.now)
             p.new["model"] = _model(spec, meta, summary)
             if p.new.get("progress"):
                 p.new["progress"]["step"] = p.new["model"].get("step") or p.new["progress"].get("step")
                 _display(p.new["progress"])
             p.cond("Trained", True, "Trained", f"Job {job.name} wrote {p.new['model']['path']}")
+        elif job.failed_reason and job.indexed:
+            return _group_failed(p, job)
         elif job.failed_reason:
             return p.finished_failed(job)
         else:
@@ -493,12 +597,141 @@ def _startup_settled(p: _Pass, jobs: Mapping[str, JobView]) -> None:
 
 
 def _progress(p: _Pass, line: Mapping[str, Any]) -> None:
-    progress = {k: line[k] for k in ("step", "maxSteps", "loss", "updatedAt") if line.get(k) is not None}
+    progress = {k: line[k] for k in PROGRESS_KEYS if line.get(k) is not None}
+    old = p.old.get("progress") or {}
+    if "valWer" not in progress and old.get("valWer") is not None:
+        # Lines between validations may omit it; the last one measured stays (early stopping reads it).
+        progress.update({k: old[k] for k in ("valWer", "valWerStep") if old.get(k) is not None})
     _display(progress)
     p.new["progress"] = progress
     step = line.get("lastCheckpointStep", line.get("checkpointStep"))
     if step is not None:
         p.new["lastCheckpoint"] = {"step": int(step), "updatedAt": str(line.get("updatedAt") or now_iso(p.obs.now))}
+    training = p.new.get("training")
+    if training is not None:
+        for key in ("worldSize", "globalBatchSize"):
+            if line.get(key) is not None:
+                training[key] = line[key]
+        p.training_clock(p.obs.now)
+
+
+def stop_request(meta: Mapping[str, Any]) -> str | None:
+    """The reason of a stop request (annotation quranft.io/stop-requested), or None when there is none."""
+    annotations = meta.get("annotations") or {}
+    if STOP_ANNOTATION not in annotations:
+        return None
+    return str(annotations[STOP_ANNOTATION] or "").strip() or f"annotation {STOP_ANNOTATION} is set"
+
+
+def terminal_stop_notice(meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    """A stop request on a run that already ended: the new status saying it was ignored, or None (no request,
+    a Stopped run, or already said). derive() never rewrites a terminal run; this adds only the condition."""
+    stop = stop_request(meta)
+    if stop is None or status.get("phase") == "Stopped" or get_condition(status, "Stopped"):
+        return None
+    new = copy.deepcopy(dict(status))
+    set_condition(new.setdefault("conditions", []), "Stopped", "False", "StopIgnored",
+                  f"stop request ignored: the run had already ended ({status.get('phase')}) (request: {stop})",
+                  int(meta.get("generation") or 1), now)
+    return new
+
+
+def _training_started(p: _Pass, job: JobView) -> None:
+    """status.training: the group's shape (from the spec) and when the first training Job started."""
+    training = p.new.setdefault("training", {})
+    training.setdefault("nodes", nodes_of(p.spec))
+    training.setdefault("devicesPerNode", devices_per_node(p.spec))
+    if job.start_time and not training.get("startTime"):
+        training["startTime"] = now_iso(job.start_time)
+    if job.attempt > int(training.get("groupRestarts") or 0):  # a restart whose status write was lost
+        training["groupRestarts"] = job.attempt
+        training["groupFailures"] = max(job.group_failures, int(training.get("groupFailures") or 0))
+
+
+def _training_summary(p: _Pass, summary: Mapping[str, Any] | None) -> None:
+    training = p.new.setdefault("training", {})
+    for key in TRAINING_SUMMARY_KEYS:
+        if (summary or {}).get(key) is not None:
+            training[key] = summary[key]
+
+
+_POLICY_RULE = re.compile(r"[Pp]od [^/\s]+/(\S+?)(?: failed with exit code (\d+)| has condition (\w+))? "
+                          r"matching FailJob rule at index (\d+)")
+# The multi-node Job's podFailurePolicy rules (builders.build_rank_job_fields), by index.
+RULE_FATAL, RULE_DISRUPTION, RULE_FAILED = 0, 1, 2
+
+
+def _group_cause(job: JobView) -> tuple[str, PodView | None]:
+    """What ended a failed multi-node attempt: ("fatal" | "disrupted" | "failed", the pod that did it).
+
+    The Job controller's Failed message names the pod and the podFailurePolicy rule it matched; without it
+    (an older controller, or BackoffLimitExceeded) the pods' own states decide."""
+    by_name = {pod.name: pod for pod in job.pods}
+    match = _POLICY_RULE.search(job.failed_message or "")
+    if match:
+        pod, rule = by_name.get(match.group(1)), int(match.group(4))
+        if rule in (RULE_FATAL, RULE_DISRUPTION, RULE_FAILED):
+            return {RULE_FATAL: "fatal", RULE_DISRUPTION: "disrupted", RULE_FAILED: "failed"}[rule], pod
+    failed = [pod for pod in job.pods if pod.disrupted or pod.exit_code not in (None, 0) or pod.phase == "Failed"]
+    fatal = next((pod for pod in failed if pod.exit_code in FATAL_EXIT_CODES), None)
+    if fatal:
+        return "fatal", fatal
+    disrupted = next((pod for pod in failed if pod.disrupted), None)
+    if disrupted:
+        return "disrupted", disrupted
+    # 143 is a rank the Job controller stopped after another failed; the other exit code is the cause.
+    cause = next((pod for pod in failed if pod.exit_code != 143), failed[0] if failed else None)
+    return "failed", cause
+
+
+def _how_it_ended(pod: PodView | None, counted: bool) -> str:
+    if not counted:
+        return "was preempted or evicted"
+    if pod and pod.terminated_reason == "OOMKilled":
+        return "ran out of memory (OOMKilled)"
+    return f"failed with exit code {pod.exit_code}" if pod and pod.exit_code is not None else "failed"
+
+
+def _group_failed(p: _Pass, job: JobView) -> Derived:
+    """A multi-node attempt failed (builders.build_rank_job_fields): end the run, or restart the whole group
+    from the last checkpoint as the next attempt."""
+    if job.failed_reason == "DeadlineExceeded":
+        return p.finished_failed(job)
+    kind, pod = _group_cause(job)
+    since = p.obs.now - job.failed_time if job.failed_time else None
+    if pod is None and (since is None or since < OBSERVATION_GRACE):
+        return p.done()  # the pods' final states are still on their way
+    if kind == "fatal":
+        reason, message = classify_failure(job, pod)
+        return p.fail(reason, f"train Job {job.name}: {message}")
+    if any(other.running for other in job.pods) and since is not None and since < GROUP_STOP_WAIT:
+        p.cond("Trained", False, "GroupRestarting", f"Job {job.name} failed; waiting for its other ranks to stop "
+                                                    "before the group restarts")
+        return p.done()
+    limit = int((p.spec.get("resources") or {}).get("backoffLimit", 3))
+    counted = kind != "disrupted"
+    failures = job.group_failures + (1 if counted else 0)
+    rank = f"rank {pod.completion_index} (pod {pod.name})" if pod else "a rank"
+    how = _how_it_ended(pod, counted)
+    if counted and failures > limit:
+        reason, message = classify_failure(job, pod)
+        if reason in ("PodFailurePolicy", "BackoffLimitExceeded", "JobFailed"):
+            reason, message = "BackoffLimitExceeded", f"{rank} {how}"
+        return p.fail(reason, f"train Job {job.name}: {message}; the group failed {failures} times "
+                              f"(resources.backoffLimit {limit})")
+    attempt = job.attempt + 1
+    training = p.new.setdefault("training", {})
+    training.update(groupRestarts=attempt, groupFailures=failures)
+    training["lastRestart"] = {"attempt": attempt, "reason": "RankFailed" if counted else "RankDisrupted",
+                               "message": _clip(f"{rank} of {job.name} {how}", 1024), "counted": counted}
+    if not counted:
+        p.cond("Preempted", True, "Preempted", f"{rank} of {job.name} {how}; the group restarts from the last "
+                                               "checkpoint")
+    p.cond("Trained", False, "GroupRestarting",
+           f"{rank} of {job.name} {how}: the whole group restarts from the last checkpoint as attempt {attempt} "
+           f"({failures}/{limit} counted failures{'' if counted else '; a disruption is not counted'})")
+    p.attempt, p.group_failures = attempt, failures
+    return p.create("train", "Training")
 
 
 def _display(progress: dict[str, Any]) -> None:
@@ -511,12 +744,14 @@ def _resumes(p: _Pass, job: JobView) -> None:
     # Evicted and deleted pods vanish, and an eviction is not in the Job's `failed` counter (podFailurePolicy
     # ignores it), so the names of the training pods seen so far are kept in the status. A pod deleted before
     # any pass saw it is still in `failed` (less the final failure when the Job itself failed).
+    # A multi-node group is counted by its rank-0 pods: one per attempt.
+    rank0 = [pod for pod in job.pods if pod.completion_index in (None, 0)]
     seen = list(p.new.get("trainingPods") or [])
-    seen += [pod.name for pod in sorted(job.pods, key=lambda pod: pod.created or p.obs.now) if pod.name not in seen]
+    seen += [pod.name for pod in sorted(rank0, key=lambda pod: pod.created or p.obs.now) if pod.name not in seen]
     if seen:
         p.new["trainingPods"] = seen[:MAX_TRAINING_PODS]
-    counted_failures = job.failed - (1 if job.failed_reason else 0)
-    restarted = max(0, len(seen) - 1, counted_failures)
+    counted_failures = 0 if job.indexed else job.failed - (1 if job.failed_reason else 0)
+    restarted = max(0, len(seen) - 1, counted_failures, int((p.new.get("training") or {}).get("groupRestarts") or 0))
     if restarted > int(p.new.get("resumeCount") or 0):
         p.new["resumeCount"] = restarted
     disrupted = [pod.name for pod in job.pods if pod.disrupted]
