@@ -119,6 +119,9 @@ def test_queue_name_creates_suspended_job_with_kueue_label():
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert _job("train")["spec"]["suspend"] is False
+    assert "kueue.x-k8s.io/priority-class" not in job["metadata"]["labels"]
+    urgent = _job("train", queueName="gpu-queue", queuePriorityClass="quranft-urgent")
+    assert urgent["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "quranft-urgent"
 
 
 def test_active_deadline_copied_to_jobs():

@@ -200,6 +200,40 @@ def test_kueue_suspended_job_is_queued_not_finished():
     assert cond(d.status, "QuotaAdmitted")["reason"] == "WaitingForKueue"
 
 
+def test_kueue_reasons_reach_the_status_and_a_kueue_preemption_is_no_failure():
+    spec = dict(SPEC, queueName="q")
+    waiting = job("train", suspended=True, kueue_reason="Pending",
+                  kueue_message="couldn't assign flavors: insufficient unused quota for nvidia.com/gpu")
+    d = derive(spec, META, status(READY), Observed(now=NOW, jobs={"train": waiting}))
+    assert d.status["phase"] == "Queued"
+    assert "insufficient unused quota for nvidia.com/gpu" in cond(d.status, "QuotaAdmitted")["message"]
+    assert cond(d.status, "Preempted") is None
+    preempted = job("train", suspended=True, kueue_reason="Preempted", kueue_message="Preempted to accommodate a "
+                    "workload (UID: x) due to prioritization in the ClusterQueue")
+    d = derive(spec, META, status(ADMITTED, READY), Observed(now=NOW, jobs={"train": preempted}))
+    assert d.status["phase"] == "Queued" and cond(d.status, "Preempted")["reason"] == "PreemptedByKueue"
+    assert cond(d.status, "Failed") is None
+    readmitted = job("train", active=1, pods=(pod(running=True, phase="Running"),))
+    d2 = derive(spec, META, d.status, Observed(now=NOW, jobs={"train": readmitted}))
+    assert d2.status["phase"] == "Training"
+    assert cond(d2.status, "Preempted")["status"] == "False" and cond(d2.status, "Preempted")["reason"] == "Readmitted"
+
+
+def test_kueue_state_reads_eviction_before_quota():
+    from quranft.operator.observe import kueue_state
+
+    assert kueue_state(None) is None
+    assert kueue_state({"status": {"conditions": [{"type": "QuotaReserved", "status": "True"},
+                                                  {"type": "Admitted", "status": "True"}]}}) is None
+    assert kueue_state({"status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                                                   "message": "insufficient quota"}]}}) == ("Pending",
+                                                                                           "insufficient quota")
+    assert kueue_state({"status": {"conditions": [
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "q"},
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "by a higher priority"}]}}) == (
+        "Preempted", "by a higher priority")
+
+
 def test_progress_from_log_line():
     line = {"step": 12, "maxSteps": 40, "loss": 1.5, "updatedAt": "2026-01-01T12:00:00Z", "lr": 0.1}
     d = derive(SPEC, META, status(ADMITTED, READY), Observed(now=NOW, progress=line, jobs={"train": job(

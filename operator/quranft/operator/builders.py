@@ -35,6 +35,7 @@ STOP_ANNOTATION = f"{GROUP}/stop-requested"
 # The Job controller's per-pod completion index of an Indexed Job (annotation and label on every pod).
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 # Tests may replace a stage's command per resource; honoured only with settings.allow_command_overrides.
 COMMAND_ANNOTATION = f"{GROUP}/stage-commands"
 WORKSPACE = "/workspace"
@@ -437,6 +438,8 @@ def build_job(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any], sett
     queue = spec.get("queueName")
     if queue:
         job_labels[KUEUE_QUEUE_LABEL] = queue
+        if spec.get("queuePriorityClass"):  # Kueue's WorkloadPriorityClass: admission order and preemption
+            job_labels[KUEUE_PRIORITY_LABEL] = spec["queuePriorityClass"]
     backoff = int((spec.get("resources") or {}).get("backoffLimit", 3)) if stage == "train" else 1
     job_spec: dict[str, Any] = {
         "backoffLimit": backoff,

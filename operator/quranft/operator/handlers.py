@@ -21,7 +21,7 @@ from . import builders, status as st
 from .admission import Admission, Entry, charged_gpus
 from .kube import Kube
 from .metrics import Metrics
-from .observe import JobView, job_view, parse_time, pod_view
+from .observe import JobView, job_view, kueue_state, parse_time, pod_view
 from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -197,6 +197,12 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
         if not job.finished and not job.suspended and not job.pods and job.created and \
                 (now - job.created).total_seconds() > 1:
             jobs[current] = _replace(job, quota_message=kube.failed_create_message(ns, job.name))
+        # Kueue says why a queued Job waits (quota, preemption). A GET, not an index: without Kueue the
+        # Workload CRD does not exist and a kopf index on it would fail to start.
+        if spec.get("queueName") and job.suspended and not job.finished:
+            state = kueue_state(kube.kueue_workload(ns, job.uid))
+            if state:
+                jobs[current] = _replace(jobs[current], kueue_reason=state[0], kueue_message=state[1])
 
     entries = list(runs.get(ns, []))
     admitted, admission_message = True, ""

@@ -25,6 +25,7 @@ class Kube:
         self.api = api_client
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
 
     def close(self) -> None:
         self.api.close()
@@ -49,6 +50,18 @@ class Kube:
                 raise
         existing = read(name, ns, _preload_content=False)
         return json.loads(existing.data), False
+
+    def kueue_workload(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """Kueue's Workload of a Job (label kueue.x-k8s.io/job-uid); None without Kueue (404) or RBAC (403)."""
+        try:
+            items = self.custom.list_namespaced_custom_object(
+                "kueue.x-k8s.io", "v1beta2", namespace, "workloads",
+                label_selector=f"kueue.x-k8s.io/job-uid={job_uid}")["items"]
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        return items[0] if items else None
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -59,6 +59,8 @@ class JobView:
     attempt: int = 0  # which restart of the group this Job is (label quranft.io/attempt)
     group_failures: int = 0  # group failures counted before this attempt (its annotation)
     failed_time: datetime | None = None  # when the Failed condition was set
+    kueue_reason: str | None = None  # a queued Job's Workload: Pending (quota), Preempted, ... (kueue_state)
+    kueue_message: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -143,3 +145,15 @@ def _controller_uid(meta: Mapping[str, Any]) -> str:
         if ref.get("controller"):
             return str(ref.get("uid", ""))
     return ""
+
+
+def kueue_state(workload: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) of why Kueue holds a Workload back: Evicted (e.g. Preempted by a higher-priority
+    Workload) first, else QuotaReserved=False (e.g. "insufficient unused quota ..."); None when admitted/unknown."""
+    conds = {c.get("type"): c for c in ((workload or {}).get("status") or {}).get("conditions") or []}
+    evicted, reserved = conds.get("Evicted"), conds.get("QuotaReserved")
+    if evicted and evicted.get("status") == "True":
+        return evicted.get("reason") or "Evicted", evicted.get("message") or ""
+    if reserved and reserved.get("status") == "False":
+        return reserved.get("reason") or "Pending", reserved.get("message") or ""
+    return None

@@ -333,9 +333,17 @@ class _Pass:
             return True
         if job.suspended and self.spec.get("queueName"):
             self.phase("Queued")
+            if job.kueue_reason == "Preempted":
+                self.cond("Preempted", True, "PreemptedByKueue",
+                          f"Kueue: {job.kueue_message}; training resumes from its last checkpoint when re-admitted")
+            detail = f": Kueue {job.kueue_reason}: {job.kueue_message}" if job.kueue_reason else ""
             self.cond("QuotaAdmitted", False, "WaitingForKueue",
-                      f"Job {job.name} waits for Kueue queue {self.spec['queueName']} to admit it")
+                      f"Job {job.name} waits for Kueue queue {self.spec['queueName']} to admit it{detail}")
             return True
+        preempted = get_condition(self.new, "Preempted")
+        if preempted and preempted.get("reason") == "PreemptedByKueue" and preempted.get("status") == "True":
+            self.cond("Preempted", False, "Readmitted", "Kueue admitted the Job again; training resumes from its "
+                                                        "last checkpoint")
         if get_condition(self.new, "Suspended"):
             self.cond("Suspended", False, "Resumed", "spec.suspend is false")
         return False
