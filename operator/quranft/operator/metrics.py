@@ -8,7 +8,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .status import TERMINAL
 
-PHASES = ("Pending", "Queued", "PreparingData", "Training", "Benchmarking", "Suspended", "Succeeded", "Failed")
+PHASES = ("Pending", "Queued", "PreparingData", "Training", "Benchmarking", "Suspended", "Succeeded", "Failed",
+          "Stopped")
 
 
 class _PhaseCollector:
