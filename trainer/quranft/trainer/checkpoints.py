@@ -49,8 +49,8 @@ def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
 
 
 def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
-    """Delete temp files a killed writer left (one run has one trainer at a time: Job parallelism 1); each
-    can be as big as a checkpoint."""
+    """Delete temp files a killed writer left (one run has one writer at a time: global rank 0 of one Job);
+    each can be as big as a checkpoint."""
     if not ckpt_dir.is_dir():
         return []
     stale = [p for p in ckpt_dir.iterdir() if _TEMP.match(p.name) and not p.name.endswith(f".tmp-{os.getpid()}")]
@@ -59,11 +59,17 @@ def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
     return stale
 
 
-def save_atomic(trainer, ckpt_dir: Path) -> Path:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+def save_atomic(trainer, ckpt_dir: Path, *, writer: bool = True) -> Path:
+    """Save the step's checkpoint; returns its path. Under DDP every rank calls this (Lightning's
+    save_checkpoint is collective: global rank 0 writes, then all meet in a barrier); `writer` (global rank 0
+    only) makes the file complete, renames it into place and prunes old ones."""
     target = checkpoint_path(ckpt_dir, trainer.global_step)
     tmp = ckpt_dir / f".{target.name}.tmp-{os.getpid()}"
+    if writer:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(str(tmp))
+    if not writer:
+        return target
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -75,12 +81,14 @@ def save_atomic(trainer, ckpt_dir: Path) -> Path:
 class StepCheckpoint(Callback):
     """Saves every `every_n_steps` optimiser steps, and once more when SIGTERM stops the fit loop.
 
-    `on_saved(step)` is called once a checkpoint is complete (after the rename), e.g. to report it.
+    `on_saved(step)` is called once a checkpoint is complete (after the rename), e.g. to report it. Under DDP
+    every rank has one (the save is collective); only the `writer` (global rank 0) writes, logs and reports.
     """
 
     def __init__(self, ckpt_dir: Path, every_n_steps: int, log=print,
-                 on_saved: Callable[[int], None] | None = None):
+                 on_saved: Callable[[int], None] | None = None, writer: bool = True):
         self.ckpt_dir = ckpt_dir
+        self.writer = writer
         self.every_n_steps = every_n_steps
         self._log = log
         self._on_saved = on_saved
@@ -91,8 +99,10 @@ class StepCheckpoint(Callback):
     def _save(self, trainer) -> None:
         if trainer.global_step == self.last_saved_step or trainer.global_step == 0:
             return
-        path = save_atomic(trainer, self.ckpt_dir)
+        path = save_atomic(trainer, self.ckpt_dir, writer=self.writer)
         self.last_saved_step, self.last_path = trainer.global_step, path
+        if not self.writer:
+            return
         self._log(f"checkpoint: {path}")
         if self._on_saved:
             self._on_saved(trainer.global_step)
@@ -107,7 +117,8 @@ class StepCheckpoint(Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         # Lightning's signal connector turns SIGTERM into SIGTERMException between two batches, so the
-        # loop state is consistent here: save it, and the caller exits 143 for the Job to retry.
+        # loop state is consistent here: save it, and the caller exits 143 for the Job to retry. Under DDP
+        # all ranks get here after the same batch (quranft.trainer.ddp.GroupSync).
         if isinstance(exception, SIGTERMException):
             self.preempted = True
             self._save(trainer)

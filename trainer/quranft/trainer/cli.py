@@ -16,6 +16,9 @@ from quranft.trainer.config import ConfigError, load_config
 from quranft.trainer.errors import FAILURES, EXIT_OK, classify, failure_summary, write_termination_message
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the Job's retry resumes from the checkpoint
+# How long a local rank > 0 that stops with an error waits for its pod's main process to exit first
+# (quranft.trainer.distributed.wait_for_launcher_exit says why).
+LAUNCHER_EXIT_WAIT_SECONDS = 30.0
 
 
 def _log(msg: str) -> None:
@@ -70,7 +73,7 @@ def _prepare(args) -> dict[str, Any]:
     return prepare(load_config(args.config, args.overrides), log=_log)
 
 
-def _train(args) -> dict[str, Any]:
+def _train(args) -> dict[str, Any] | None:
     from quranft.trainer.train import train
 
     return train(load_config(args.config, args.overrides), log=_log)
@@ -140,6 +143,18 @@ def _termination_log_arg(argv: list[str]) -> Path | None:
     return None
 
 
+def _stop(code: int, summary: dict[str, Any], term_log: Path | None) -> int:
+    """Write the failure summary and return `code`; a local rank > 0 (a launcher child) writes none, its pod's
+    main process owns the termination message, and leaves only after that process has exited."""
+    from quranft.trainer.distributed import is_launcher_child, wait_for_launcher_exit
+
+    if not is_launcher_child():
+        write_termination_message(summary, term_log)
+    else:
+        wait_for_launcher_exit(LAUNCHER_EXIT_WAIT_SECONDS)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
@@ -157,17 +172,17 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, Preempted):
             _log(f"{stage}: {exc}")
-            write_termination_message({"ok": False, "stage": stage, "reason": "Preempted", "message": str(exc)},
-                                      term_log)
-            return EXIT_PREEMPTED
+            return _stop(EXIT_PREEMPTED, {"ok": False, "stage": stage, "reason": "Preempted", "message": str(exc)},
+                         term_log)
         if isinstance(exc, KeyboardInterrupt):
             return 130
         reason, code = classify(exc)
         if not isinstance(exc, tuple(FAILURES)):
             traceback.print_exc()  # unexpected: keep the stack in the pod log
         print(f"{stage}: {reason}: {exc}", file=sys.stderr, flush=True)
-        write_termination_message(failure_summary(stage, exc), term_log)
-        return code
+        return _stop(code, failure_summary(stage, exc), term_log)
+    if summary is None:  # a distributed rank other than 0: rank 0 writes the run's summary
+        return EXIT_OK
     line = write_termination_message(summary, term_log)
     _log(line)
     return EXIT_OK

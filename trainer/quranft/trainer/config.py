@@ -129,6 +129,26 @@ class TrainingSpec(_Model):
         return self
 
 
+class DistributedSpec(_Model):
+    """How many processes train together (PyTorch DDP through Lightning; quranft.trainer.distributed).
+
+    The operator fills it from spec.resources (nodes, gpus). The world size is nodes x devicesPerNode; each
+    rank trains on batchSize samples per micro-batch, so the global batch is batchSize x gradAccum x worldSize.
+    """
+    nodes: int = Field(1, ge=1, le=64, description="Pods (one per node) in the group; > 1 needs MASTER_ADDR and "
+                                                   "NODE_RANK (or JOB_COMPLETION_INDEX) in each pod.")
+    devices_per_node: int = Field(1, ge=1, le=16, description="GPUs per node (processes per node on CPU).")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Process-group backend; auto: nccl on CUDA, gloo on CPU.")
+    rendezvous_timeout_seconds: int = Field(
+        600, ge=1, le=86_400,
+        description="How long ranks wait for each other at start-up (also bounds any one collective).")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.devices_per_node
+
+
 class MetricsSpec(_Model):
     port: int = Field(9400, ge=0, le=65535, description="Prometheus port; 0 disables the endpoint.")
     progress_interval_seconds: float = Field(5.0, gt=0)
@@ -139,6 +159,7 @@ class RunConfig(_Model):
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
     # Derived locations in the workspace (docs/contracts.md).
     @property

@@ -80,12 +80,21 @@ def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+HISTORY_KEYS = ("step", "loss", "valWer", "lr", "samplesPerSecond", "updatedAt")
+
+
 class ProgressReporter:
-    """Writes progress.json and prints the progress line, at most once per `interval` seconds."""
+    """Writes progress.json and prints the progress line, at most once per `interval` seconds.
+
+    With `history`, each report is also appended to it as one JSON line (HISTORY_KEYS, for campaign curves).
+    The file is append-only: after a resume the steps trained after the checkpoint are reported again, and
+    the later line of a step is the one that led to the final model.
+    """
 
     def __init__(self, path: Path, interval: float, *, out: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, history: Path | None = None):
         self.path = path
+        self.history = history
         self.interval = interval
         self._out = out or (lambda line: print(line, flush=True))
         self._clock = clock
@@ -115,5 +124,8 @@ class ProgressReporter:
         self._reported_checkpoint = self.last_checkpoint_step
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, doc)
+        if self.history is not None:
+            with self.history.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({key: doc.get(key) for key in HISTORY_KEYS}, separators=(",", ":")) + "\n")
         self._out(PROGRESS_PREFIX + json.dumps(doc, separators=(",", ":")))
         return True

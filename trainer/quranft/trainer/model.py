@@ -82,10 +82,10 @@ def manifest_paths(data_dir: Path) -> tuple[Path, Path]:
 
 
 def training_manifests(model, data_dir: Path, run_dir: Path, *, base_model: str, max_unk_rate: float,
-                       log: Callable[[str], None] = print) -> tuple[Path, Path]:
+                       log: Callable[[str], None] = print, refold_dir: Path | None = None) -> tuple[Path, Path]:
     """The prepared manifests, or, when prepare folded their transcripts for another tokenizer (a sibling
     run's base model shares the data spec, hence the directory), copies refolded for this model's tokenizer
-    in run_dir/manifests/ (gated by maxUnkRate like prepare; DataError when above)."""
+    in `refold_dir` (default run_dir/manifests/; gated by maxUnkRate like prepare; DataError when above)."""
     from quranft.trainer import vocab
 
     train, val = manifest_paths(data_dir)
@@ -97,7 +97,7 @@ def training_manifests(model, data_dir: Path, run_dir: Path, *, base_model: str,
     prepared_for = vocab.recorded_tokenizer(stats)
     if prepared_for == tokenizer.sha256:
         return train, val
-    out = run_dir / "manifests"
+    out = run_dir / "manifests" if refold_dir is None else refold_dir
     log(f"train: {data_dir} was prepared for tokenizer {(prepared_for or 'none (before the gate)')[:12]}, "
         f"{base_model} has {tokenizer.sha256[:12]}: training on its transcripts refolded into {out}")
     counts = vocab.refold_all({"train": train, "val": val}, vocab.Gate(tokenizer, max_unk_rate), out)
