@@ -176,6 +176,20 @@ def test_only_rank_zero_writes(pair):
         assert tuple(json.loads(line)) == HISTORY_KEYS
 
 
+@pytest.mark.slow  # trains
+def test_a_checkpoint_of_two_ranks_resumes_on_one(single, pair, prepared_workspace, synth_112):
+    from quranft.trainer.train import train
+
+    cfg = RunConfig.model_validate(short_run(prepared_workspace, synth_112 / "dataset", "dist-2to1", batchSize=4))
+    (cfg.run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(pair["run_dir"] / "checkpoints" / "step-00000003.ckpt", cfg.run_dir / "checkpoints")
+    summary = train(cfg, log=lambda _: None)
+    assert summary["resumedFromStep"] == 3 and summary["step"] == STEPS and summary["worldSize"] == 1
+    one, resumed = history(single[0].run_dir), history(cfg.run_dir)
+    assert sorted(resumed) == [4, 5, 6]  # the step count continued from the 2-rank checkpoint
+    assert [resumed[s]["lr"] for s in (4, 5, 6)] == [one[s]["lr"] for s in (4, 5, 6)]
+
+
 # --- Lightning's launcher: 2 local ranks in one "pod" ------------------------------------------------------------
 
 @pytest.mark.slow  # processes that train (or wait to)
