@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import campaign_handlers, handlers  # noqa: F401  (register the kopf handlers of runs and campaigns)
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
