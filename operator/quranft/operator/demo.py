@@ -1,6 +1,7 @@
-"""`quranft demo`: embedded cluster -> CRD + RBAC -> operator under its own ServiceAccount -> workspace
-seeded with the tiny base model and synthetic recitations -> the CPU-stub example -> progress until the
-verdict. Exit 0 when the run Succeeded."""
+"""`quranft demo`: embedded cluster -> CRDs + RBAC -> operator under its own ServiceAccount -> workspace
+seeded with the tiny base model and synthetic recitations -> the CPU-stub example (a QuranFineTune, or a
+QuranFineTuneCampaign such as manifests/examples/cpu-stub-campaign.yaml) -> progress until the verdict (for a
+campaign: every variant's, then the report and the promotion). Exit 0 when it Succeeded."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,11 @@ import yaml
 
 from . import access
 from .builders import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY, WORKSPACE
+from .campaign_spec import CAMPAIGN_KIND, CAMPAIGN_PLURAL
 from .settings import DEFAULT_TAG, GROUP, IMAGE_REPO, PLURAL, VERSION
 
 EXAMPLE = access.MANIFESTS / "examples" / "cpu-stub-ctc.yaml"
+CAMPAIGN_CRD = access.MANIFESTS / "crd" / f"{CAMPAIGN_PLURAL}.{GROUP}.yaml"
 SEED_SCRIPT = f"""set -e
 mkdir -p {WORKSPACE}/models
 [ -f {WORKSPACE}/models/tiny.nemo ] || quranft trainer tiny-model --out {WORKSPACE}/models/tiny.nemo
@@ -67,9 +70,39 @@ def summary_line(obj: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def campaign_summary_line(obj: dict[str, Any]) -> str:
+    """One line for a campaign: phase, variants ended, best, each variant's phase/verdict, then the outcome."""
+    status = obj.get("status") or {}
+    parts = [f"campaign phase={status.get('phase', '-')} done={status.get('done', '-')}"]
+    if status.get("best"):
+        parts.append(f"best={status['best']} ({status.get('verdict')})")
+    for v in status.get("variants") or []:
+        pm = v.get("primaryMetric") or {}
+        parts.append(f"{v['name']}={v.get('phase')}" + (f"/{v['verdict']}" if v.get("verdict") else "")
+                     + (f" {pm.get('name')}={pm.get('value')}" if pm.get("value") is not None else "")
+                     + (" (stopped early)" if v.get("stoppedReason") else ""))
+    for cond in status.get("conditions") or []:
+        if cond["type"] in ("Failed", "CorpusMismatch", "Promoted", "InvalidVariants") and \
+                (cond["status"] == "True" or cond["type"] == "Promoted"):
+            parts.append(f"{cond['type']}={cond['status']} {cond['reason']}: {cond.get('message', '')[:200]}")
+    if status.get("production"):
+        parts.append(f"production={status['production'].get('variant')} {status['production'].get('modelPath')}")
+    if (status.get("report") or {}).get("path"):
+        parts.append(f"report={status['report']['path']}")
+    return " | ".join(parts)
+
+
+def install_campaigns(kubectl: Path, kubeconfig: Path) -> None:
+    """The QuranFineTuneCampaign CRD (access.install applies the QuranFineTune CRD and the RBAC)."""
+    access.kubectl(kubectl, kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=quranft",
+                   "-f", str(CAMPAIGN_CRD))
+    access.kubectl(kubectl, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+                   f"crd/{CAMPAIGN_PLURAL}.{GROUP}")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="quranft demo", description=__doc__)
-    p.add_argument("--example", type=Path, default=EXAMPLE, help="manifest with the claim and the QuranFineTune")
+    p.add_argument("--example", type=Path, default=EXAMPLE, help="manifest with the claim and the QuranFineTune or QuranFineTuneCampaign")
     p.add_argument("--namespace", default="quranft-demo")
     p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the verdict")
     p.add_argument("--image-tag", default=DEFAULT_TAG)
@@ -86,7 +119,8 @@ def main(argv: list[str]) -> int:
     kubectl = cluster.bin_dir / "kubectl"
     say(f"cluster up; kubeconfig {cluster.kubeconfig}")
     access.install(kubectl, cluster.kubeconfig)
-    say("CRD and RBAC installed")
+    install_campaigns(kubectl, cluster.kubeconfig)
+    say("CRDs and RBAC installed")
 
     api = cluster.api_client()
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
@@ -96,9 +130,13 @@ def main(argv: list[str]) -> int:
                                "pod-security.kubernetes.io/warn": "restricted"}}}], None)
     docs = [d for d in yaml.safe_load_all(args.example.read_text()) if d]
     claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    runs = [d for d in docs if d["kind"] == "QuranFineTune"]
+    runs = [d for d in docs if d["kind"] in ("QuranFineTune", CAMPAIGN_KIND)]
     _apply(kubectl, cluster.kubeconfig, claims, ns)
-    claim = runs[0]["spec"]["storage"].get("existingClaim") or claims[0]["metadata"]["name"]
+    followed = runs[0]
+    is_campaign = followed["kind"] == CAMPAIGN_KIND
+    run_spec = followed["spec"]["template"] if is_campaign else followed["spec"]
+    plural, line_of = (CAMPAIGN_PLURAL, campaign_summary_line) if is_campaign else (PLURAL, summary_line)
+    claim = run_spec["storage"].get("existingClaim") or claims[0]["metadata"]["name"]
 
     # Seed the workspace: tiny base model + synthetic recitations, by the trainer's own CLIs in a Job.
     seed = seed_job(ns, claim, f"{IMAGE_REPO}/trainer-cpu:{args.image_tag}")
@@ -131,28 +169,30 @@ def main(argv: list[str]) -> int:
     say(f"operator running as system:serviceaccount:{access.SA_NAMESPACE}:{access.SA_NAME} (log {log_path})")
     try:
         _apply(kubectl, cluster.kubeconfig, runs, ns)
-        name = runs[0]["metadata"]["name"]
-        say(f"applied QuranFineTune {name}; following it (kubectl get qft -n {ns})")
+        name = followed["metadata"]["name"]
+        say(f"applied {followed['kind']} {name}; following it (kubectl get {'qftc,' if is_campaign else ''}qft -n {ns})")
         deadline, last = time.monotonic() + args.timeout, ""
         phase = None
         while time.monotonic() < deadline:
             if operator.poll() is not None:
                 say(f"operator exited with {operator.returncode}; see {log_path}")
                 return 1
-            obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-            line = summary_line(obj)
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+            line = line_of(obj)
             if line != last:
                 say(line)
                 last = line
             phase = (obj.get("status") or {}).get("phase")
-            if phase in ("Succeeded", "Failed"):
+            if phase in ("Succeeded", "Failed", "Stopped"):
                 break
             time.sleep(2)
+        if is_campaign:
+            print(access.kubectl(kubectl, cluster.kubeconfig, "get", "qftc", "-n", ns, "-o", "wide"))
         print(access.kubectl(kubectl, cluster.kubeconfig, "get", "qft", "-n", ns, "-o", "wide"))
         if phase != "Succeeded":
             say(f"run ended in phase {phase}")
             return 1
-        say("done: the verdict is in the status (kubectl get qft -n %s -o yaml)" % ns)
+        say(f"done: the verdict is in the status (kubectl get {plural} -n {ns} -o yaml)")
         return 0
     finally:
         operator.terminate()
