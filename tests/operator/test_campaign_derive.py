@@ -301,3 +301,12 @@ def test_the_webhook_is_delivered_once_when_the_campaign_ends():
     CampaignStatus.model_validate(after.status)
     again = derive(spec, meta, after.status, observed(spec, meta, kids, jobs=delivered))
     assert again.notify is None and again.status == after.status
+
+
+def test_a_stop_the_child_ignored_is_no_stopped_reason_and_training_gpu_hours_win():
+    spec, meta = campaign(variants=["a"])
+    kid = child("c-a", "uid-c", "Succeeded", "improvement", recall=0.9, stop="MedianStop at step 9: ...")
+    kid["status"]["training"] = {"gpuHours": 0.25}
+    d = _ended(spec, meta, [kid])
+    variant = d.status["variants"][0]
+    assert "stoppedReason" not in variant and variant["gpuHours"] == 0.25

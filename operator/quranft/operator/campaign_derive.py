@@ -280,7 +280,7 @@ def variant_status(plan: ChildPlan, child: ChildView | None, old: Mapping[str, A
         hours = _gpu_hours(child)
         if hours is not None:
             out["gpuHours"] = hours
-    if child.phase == "Stopped" or child.stop_requested:
+    if child.phase == "Stopped":  # a stop request the child ignored (training had finished) stopped nothing
         reason = child.stop_requested or child.stopped_message
         if reason:
             out["stoppedReason"] = reason
@@ -582,7 +582,6 @@ def derive(spec: CampaignSpec, meta: Mapping[str, Any], status: Mapping[str, Any
         for v, plan in zip(variants, obs.plan):
             if v["name"] in decisions:
                 p.out.stop.append((plan.child, decisions[v["name"]]))
-                v["stoppedReason"] = decisions[v["name"]]
                 p.event("Normal", "EarlyStopping", f"stopping {v['name']} ({plan.child}): {decisions[v['name']]}")
 
     # 4. Parallelism: create waiting variants, in order, while fewer than `parallelism` hold a slot. A variant
