@@ -310,3 +310,17 @@ def test_a_stop_the_child_ignored_is_no_stopped_reason_and_training_gpu_hours_wi
     d = _ended(spec, meta, [kid])
     variant = d.status["variants"][0]
     assert "stoppedReason" not in variant and variant["gpuHours"] == 0.25
+
+
+def test_history_dates_validations_by_val_wer_step_else_by_when_a_new_value_appears():
+    from quranft.operator.campaign_derive import merge_history
+    view = lambda progress: child_view(child("c-a", progress=progress))  # noqa: E731
+    h = merge_history(None, view({"step": 7, "valWer": 0.9}))
+    h = merge_history(h, view({"step": 12, "valWer": 0.9}))  # the same validation, seen again
+    h = merge_history(h, view({"step": 23, "valWer": 0.7}))
+    assert h == [[7, 0.9], [23, 0.7]]
+    h = merge_history(h, view({"step": 31, "valWer": 0.7, "valWerStep": 30}))
+    assert h == [[7, 0.9], [23, 0.7], [30, 0.7]]  # dated exactly: a new validation even with the same value
+    done = child("c-a", phase="Succeeded", verdict="neutral", recall=0.5)
+    done["status"]["model"]["valWer"] = 0.7  # the final model's WER is the last validation's
+    assert merge_history(h, child_view(done)) == h

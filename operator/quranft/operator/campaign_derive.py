@@ -207,15 +207,25 @@ def decide_promotion(variants: list[Mapping[str, Any]], policy: str, manual: str
 
 
 def merge_history(history: list[list[float]] | None, child: ChildView | None) -> list[list[float]]:
-    """[[step, valWer], ...] sorted by step: the recorded points plus what the child reports now (progress while
-    training: valWer at valStep, else at step; model: the final step's)."""
+    """[[step, valWer], ...] sorted by step: the recorded points plus what the child reports now (its progress
+    while training, its model's final values at the end).
+
+    A progress line with `valWerStep` dates its validation exactly. Without it the validation is dated by the
+    step at which it was first seen, and the same value seen again at a later step is the same validation, not a
+    new point (so it is not counted twice in the running averages of the median rule).
+    """
     points = {int(s): w for s, w in (history or [])}
     if child is not None:
-        for source, step_keys in ((child.progress, ("valStep", "valWerStep", "step")), (child.model, ("step",))):
+        for source in (child.progress, child.model):
             wer = source.get("valWer")
-            step = next((source[k] for k in step_keys if source.get(k) is not None), None)
-            if wer is not None and step is not None and int(step) not in points:
-                points[int(step)] = float(wer)
+            exact = source.get("valWerStep")
+            step = exact if exact is not None else source.get("step")
+            if wer is None or step is None or int(step) in points:
+                continue
+            latest = points[max(points)] if points else None
+            if exact is None and latest is not None and float(wer) == latest:
+                continue
+            points[int(step)] = float(wer)
     merged = [[s, points[s]] for s in sorted(points)]
     return merged[-MAX_HISTORY:]
 
