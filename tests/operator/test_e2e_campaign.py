@@ -22,7 +22,7 @@ import pytest
 from clusterkit import condition, stub_commands
 from kubernetes.client.exceptions import ApiException
 
-from quranft.operator import campaign_notify, demo
+from quranft.operator import campaign_notify
 from quranft.operator.builders import COMMAND_ANNOTATION
 from quranft.operator.campaign_spec import CAMPAIGN_PLURAL, LABEL_CAMPAIGN, VARIANT_COMMANDS_ANNOTATION
 
@@ -162,8 +162,7 @@ class Campaigns:
 
 @pytest.fixture(scope="module")
 def campaign_crd(installed):
-    demo.install_campaigns(installed.bin_dir / "kubectl", installed.kubeconfig)
-    return installed
+    return installed  # the `installed` fixture (access.install) applies both CRDs
 
 
 @pytest.fixture

@@ -101,8 +101,12 @@ def test_every_generated_pod_spec_meets_restricted_and_mounts_no_token():
 
 # (apiGroup, resource, verb): exactly what operator/quranft/operator uses (kube.py, handlers.py, kopf).
 RBAC_ALLOWLIST = {
-    *(("quranft.io", "quranfinetunes", v) for v in ("get", "list", "watch", "patch")),
+    *(("quranft.io", "quranfinetunes", v) for v in ("get", "list", "watch", "patch", "create")),
     ("quranft.io", "quranfinetunes/status", "patch"),
+    *(("quranft.io", "quranfinetunecampaigns", v) for v in ("get", "list", "watch", "patch")),
+    ("quranft.io", "quranfinetunecampaigns/status", "patch"),
+    ("", "services", "get"), ("", "services", "create"),  # multi-node: the headless Service of the ranks
+    ("kueue.x-k8s.io", "workloads", "list"),  # why Kueue holds a queued Job back
     *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")),
     ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/log", "get"),
     ("", "configmaps", "get"), ("", "configmaps", "create"),

@@ -17,8 +17,8 @@ def test_helm_lint_strict(helm):
 
 def test_default_render_is_operator_crd_rbac_and_service(helm):
     kinds = sorted(o["kind"] for o in render(helm))
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-                     "NetworkPolicy", "Service", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "CustomResourceDefinition",
+                     "Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
 
 
 def test_every_toggle_renders_its_object(helm):
@@ -44,15 +44,20 @@ def test_network_policies_admit_only_the_metrics_and_health_ports(helm):
     assert not by_kind(render(helm, "networkPolicy.enabled=false"), "NetworkPolicy")
 
 
-def test_crd_and_rbac_files_are_identical_to_manifests_and_crd_is_kept(helm):
-    source = (MANIFESTS / "crd" / "quranfinetunes.quranft.io.yaml").read_bytes()
+def test_crd_and_rbac_files_are_identical_to_manifests_and_crds_are_kept(helm):
     sync = "run charts/quran-finetune/sync-from-manifests.sh"
-    assert (CHART / "files" / "crds" / "quranfinetunes.quranft.io.yaml").read_bytes() == source, sync
+    sources = sorted((MANIFESTS / "crd").glob("*.quranft.io.yaml"))
+    assert [p.name for p in sources] == ["quranfinetunecampaigns.quranft.io.yaml", "quranfinetunes.quranft.io.yaml"]
+    assert sorted(p.name for p in (CHART / "files" / "crds").glob("*.yaml")) == [p.name for p in sources], sync
     assert (CHART / "files" / "rbac" / "operator.yaml").read_bytes() == \
         (MANIFESTS / "rbac" / "operator.yaml").read_bytes(), sync
-    crd = one(render(helm), "CustomResourceDefinition")
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert crd["spec"] == docs(source.decode())[0]["spec"]
+    rendered = {c["metadata"]["name"]: c for c in by_kind(render(helm), "CustomResourceDefinition")}
+    for source in sources:
+        assert (CHART / "files" / "crds" / source.name).read_bytes() == source.read_bytes(), sync
+        want = docs(source.read_text())[0]
+        crd = rendered[want["metadata"]["name"]]
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["spec"] == want["spec"]
     assert not by_kind(render(helm, "crds.enabled=false"), "CustomResourceDefinition")
 
 

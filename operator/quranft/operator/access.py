@@ -9,6 +9,8 @@ import yaml
 
 MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"
 CRD_NAME = "quranfinetunes.quranft.io"
+CAMPAIGN_CRD_NAME = "quranfinetunecampaigns.quranft.io"
+CRD_NAMES = (CRD_NAME, CAMPAIGN_CRD_NAME)
 SA_NAMESPACE, SA_NAME = "quranft-system", "quranft-operator"
 
 
@@ -21,10 +23,12 @@ def kubectl(kubectl_bin: str | Path, kubeconfig: str | Path, *args: str, timeout
 
 
 def install(kubectl_bin: str | Path, kubeconfig: str | Path) -> None:
-    """Apply the CRD and RBAC (server-side apply: idempotent) and wait until the CRD is served."""
+    """Apply the CRDs and RBAC (server-side apply: idempotent) and wait until the CRDs are served."""
     kubectl(kubectl_bin, kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=quranft",
-            "-f", str(MANIFESTS / "crd" / f"{CRD_NAME}.yaml"), "-f", str(MANIFESTS / "rbac" / "operator.yaml"))
-    kubectl(kubectl_bin, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+            *(arg for crd in CRD_NAMES for arg in ("-f", str(MANIFESTS / "crd" / f"{crd}.yaml"))),
+            "-f", str(MANIFESTS / "rbac" / "operator.yaml"))
+    kubectl(kubectl_bin, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+            *(f"crd/{crd}" for crd in CRD_NAMES))
 
 
 def service_account_kubeconfig(admin_kubeconfig: str | Path, out: str | Path, *, namespace: str = SA_NAMESPACE,

@@ -21,7 +21,6 @@ from .campaign_spec import CAMPAIGN_KIND, CAMPAIGN_PLURAL
 from .settings import DEFAULT_TAG, GROUP, IMAGE_REPO, PLURAL, VERSION
 
 EXAMPLE = access.MANIFESTS / "examples" / "cpu-stub-ctc.yaml"
-CAMPAIGN_CRD = access.MANIFESTS / "crd" / f"{CAMPAIGN_PLURAL}.{GROUP}.yaml"
 SEED_SCRIPT = f"""set -e
 mkdir -p {WORKSPACE}/models
 [ -f {WORKSPACE}/models/tiny.nemo ] || quranft trainer tiny-model --out {WORKSPACE}/models/tiny.nemo
@@ -92,14 +91,6 @@ def campaign_summary_line(obj: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def install_campaigns(kubectl: Path, kubeconfig: Path) -> None:
-    """The QuranFineTuneCampaign CRD (access.install applies the QuranFineTune CRD and the RBAC)."""
-    access.kubectl(kubectl, kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=quranft",
-                   "-f", str(CAMPAIGN_CRD))
-    access.kubectl(kubectl, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-                   f"crd/{CAMPAIGN_PLURAL}.{GROUP}")
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="quranft demo", description=__doc__)
     p.add_argument("--example", type=Path, default=EXAMPLE, help="manifest with the claim and the QuranFineTune or QuranFineTuneCampaign")
@@ -119,7 +110,6 @@ def main(argv: list[str]) -> int:
     kubectl = cluster.bin_dir / "kubectl"
     say(f"cluster up; kubeconfig {cluster.kubeconfig}")
     access.install(kubectl, cluster.kubeconfig)
-    install_campaigns(kubectl, cluster.kubeconfig)
     say("CRDs and RBAC installed")
 
     api = cluster.api_client()
