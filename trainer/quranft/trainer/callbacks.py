@@ -34,6 +34,7 @@ class Telemetry(Callback):
         self.group = group
         self.recent: dict[str, deque] = {kind: deque(maxlen=SMOOTHING) for kind in LOSS_KEYS}
         self.val_wer: float | None = None
+        self.val_wer_step: int | None = None  # the step the last validation ran at (valWerStep)
         self.loss: float | None = None  # the last step's total loss
         self.lr: float | None = None
         self.samples_per_second: float | None = None
@@ -52,7 +53,7 @@ class Telemetry(Callback):
         the last step's loss, learning rate and samples/s, and the latest validation WER once known."""
         extra = {"worldSize": self.world_size, "samplesPerSecond": self.samples_per_second}
         if self.val_wer is not None:
-            extra["valWer"] = self.val_wer
+            extra["valWer"], extra["valWerStep"] = self.val_wer, self.val_wer_step
         return self.progress.report(step=trainer.global_step, max_steps=self.max_steps,
                                     loss=self.loss, lr=self.lr,
                                     epoch=trainer.current_epoch, force=force, **extra)
@@ -88,6 +89,7 @@ class Telemetry(Callback):
         logged = trainer.callback_metrics
         wer = _value(logged, "val_wer_ctc")
         self.val_wer = wer if wer is not None else _value(logged, "val_wer")
+        self.val_wer_step = trainer.global_step
         if self.metrics and self.val_wer is not None:
             self.metrics.update(val_wer=self.val_wer)
 

@@ -146,7 +146,8 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
     log(f"train: world size {place.world_size} ({place.nodes} node(s) x {place.devices_per_node} "
         f"{'GPU' if cuda else 'process'}(es) per node{f', {backend}' if backend else ''}); global batch "
         f"{global_batch} = batchSize {t.batch_size} x gradAccum {t.grad_accum} x {place.world_size} rank(s); "
-        f"learning rate {t.learning_rate} as configured, not scaled with the world size (as in NeMo)")
+        f"learning rate {t.learning_rate} as configured, not scaled with the world size (as in NeMo); "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}")
     model = modelmod.load_base(t.base_model)
     frozen = modelmod.freeze(model, t.freeze)
     with tempfile.TemporaryDirectory(prefix="quranft-manifests-") as private:
