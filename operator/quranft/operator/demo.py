@@ -200,7 +200,9 @@ def _apply(kubectl: Path, kubeconfig: Path, docs: list[dict], namespace: str | N
            "-f", "-"]
     if namespace:
         cmd[3:3] = ["-n", namespace]
-    subprocess.run(cmd, input=yaml.safe_dump_all(docs), text=True, check=True, capture_output=True)
+    out = subprocess.run(cmd, input=yaml.safe_dump_all(docs), text=True, capture_output=True)
+    if out.returncode:  # e.g. the API server refused the example (schema, CEL): say why
+        raise SystemExit(f"kubectl apply failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
 
 
 def _pod_logs(core, namespace: str, selector: str) -> str:
