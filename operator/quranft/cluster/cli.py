@@ -1,7 +1,8 @@
 """`quranft cluster up|down|status|env`: the embedded Kubernetes cluster from the command line.
 
-`up --with kueue` also starts the add-on (quranft.cluster.kueue) once the cluster is ready; `down` stops
-add-ons before the control plane."""
+`up --with kueue|mlflow` also starts the add-on (quranft.cluster.kueue, quranft.cluster.mlflow_addon) once the
+cluster is ready; `down` stops add-ons before the control plane; `env` also exports MLFLOW_TRACKING_URI while the
+tracking server runs."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ from pathlib import Path
 from . import controlplane
 from .nodeconfig import default_nodes
 
-ADDONS = ("kueue",)
+ADDONS = ("kueue", "mlflow")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument("--with", dest="addons", action="append", choices=ADDONS, default=[],
                     help="also start an add-on (repeatable): kueue = Kueue's controller manager with its "
-                         "CRDs and webhooks (built from its Go module on first use)")
+                         "CRDs and webhooks (built from its Go module on first use); mlflow = an MLflow "
+                         "tracking server on loopback (its own venv, built on first use)")
     sub.add_parser("down", help="stop everything the cluster started")
     sub.add_parser("status", help="print component and node status as JSON")
     sub.add_parser("env", help='print export lines: eval "$(quranft cluster env)"')
@@ -48,15 +50,24 @@ def main(argv: list[str]) -> int:
                 from . import kueue
 
                 kueue.start(cluster, timeout=args.timeout, log=log)
+            tracking = None
+            if "mlflow" in args.addons:
+                from . import mlflow_addon
+
+                tracking = mlflow_addon.start(cluster.state_dir, timeout=args.timeout, log=log)
         except (controlplane.ClusterError, RuntimeError) as err:
             print(f"quranft cluster up: {err}", file=sys.stderr)
             return 1
         print(f"KUBECONFIG={cluster.kubeconfig}")
+        if tracking:
+            print(f"MLFLOW_TRACKING_URI={tracking.uri}")
         return 0
     if args.command == "down":
-        from . import kueue
+        from . import kueue, mlflow_addon
 
-        kueue.stop(args.state_dir or controlplane.default_state_dir(), log=log)
+        root = args.state_dir or controlplane.default_state_dir()
+        kueue.stop(root, log=log)
+        mlflow_addon.stop(root, log=log, wipe=True)  # its runs describe objects that go with etcd
         controlplane.down(args.state_dir, log=log)
         return 0
     if args.command == "status":
@@ -70,12 +81,19 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     print(f'export PATH={cluster.bin_dir}:$PATH')
+    from . import mlflow_addon
+
+    tracking = mlflow_addon.attach(cluster.state_dir)
+    if tracking:
+        print(f"export MLFLOW_TRACKING_URI={tracking.uri}")
     return 0
 
 
 def _addons(state_dir: Path | None) -> dict:
     """Which add-ons run on the cluster (their own health checks)."""
-    from . import kueue
+    from . import kueue, mlflow_addon
 
     cluster = controlplane.attach(state_dir)
-    return {"kueue": cluster is not None and kueue.attach(cluster) is not None}
+    tracking = mlflow_addon.attach(state_dir or controlplane.default_state_dir())
+    return {"kueue": cluster is not None and kueue.attach(cluster) is not None,
+            "mlflow": tracking.uri if tracking else False}
