@@ -260,7 +260,11 @@ def _run(args: argparse.Namespace) -> int:
     # The verdict goes into the file too, so the file alone explains the decision.
     candidates[verdict_head]["verdict"] = judgement.for_results()
     path = write_results(args.out, runs)
-    extra["reportPath"] = str(_write_report(path, judgement, runs, extra, targets))
+    report_md, report_png = _write_report(path, judgement, runs, extra, targets)
+    extra["reportPath"] = str(report_md)
+    tracking = _track(path, [report_md, report_png], args.name)
+    if tracking is not None:
+        extra["tracking"] = tracking
 
     message = judgement.message(targets, str(path), extra)
     print(runs_table(runs))
@@ -371,9 +375,16 @@ def _throughput(run: dict[str, Any]) -> dict[str, Any]:
 def _write_report(results_path, judgement, runs, extra, targets):
     from .report_files import write_report
 
-    md, _png = write_report(results_path.parent, judgement, runs, results_path.stem, extra=dict(extra),
-                            targets=targets)
-    return md
+    return write_report(results_path.parent, judgement, runs, results_path.stem, extra=dict(extra),
+                        targets=targets)
+
+
+def _track(results_path, artifacts, name: str | None) -> dict[str, Any] | None:
+    """The verdict and the report into the resource's MLflow run when MLFLOW_TRACKING_URI is set (tracking.py);
+    never fails the benchmark."""
+    from .tracking import log_benchmark
+
+    return log_benchmark(results_path, artifacts, name=name, log=lambda msg: print(msg, file=sys.stderr))
 
 
 def _evaluate_model(ref: str, name: str, clips, matcher, options, args: argparse.Namespace, *,
@@ -525,6 +536,9 @@ def _campaign_report(args: argparse.Namespace) -> int:
               + (" (already promoted: nothing changed)" if production.already_promoted else ""))
     summary = {"ok": True, "stage": CAMPAIGN_STAGE, "reportPath": str(report), "plots": [str(p) for p in plots],
                "production": prod_json}
+    registry = _register(production, campaign, workspace) if production else None
+    if registry is not None:
+        summary["registry"] = registry
     line = write_termination_message(_fit_history(summary), args.termination_log)
     print(line)
     return EXIT_OK
@@ -564,6 +578,21 @@ def _promote(campaign, workspace):
 
     return promote(workspace, c.name, variant=v.name, model_source=model, results_source=results, promotion=pid,
                    expected_sha256=benchmarked_sha256(judged, metadata), lineage=lineage)
+
+
+def _register(production, campaign, workspace) -> dict[str, Any] | None:
+    """The promoted model as the `production` version in the MLflow registry when MLFLOW_TRACKING_URI is set
+    (registry.py); never fails the campaign report."""
+    from .lineage import LineageError, read_training_metadata
+    from .registry import register_promotion
+
+    child = campaign.variant(production.variant).child
+    try:
+        run_id = ((read_training_metadata(workspace, child).get("tracking") or {}).get("runId")) if child else None
+    except LineageError:
+        run_id = None
+    return register_promotion(production.model_path, production.lineage_path, production.results_path,
+                              run_id=run_id, log=lambda msg: print(msg, file=sys.stderr))
 
 
 def _fit_history(summary: dict[str, Any]) -> dict[str, Any]:
