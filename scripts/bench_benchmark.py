@@ -4,7 +4,7 @@ batch size, for the tiny model on CPU over the team's 44 real recitation clips (
 
 The tiny model is untrained, so its transcripts are noise: the matcher then works hardest (it falls back to
 its full scan), which makes the matcher's share an upper bound. Prints figures; asserts nothing.
-Usage: PYTHONPATH=operator:trainer:benchmark python scripts/bench_benchmark.py [--corpus DIR] [--batch 1,4,16]
+Usage: PYTHONPATH=contract:operator:trainer:benchmark python scripts/bench_benchmark.py [--corpus DIR] [--batch 1,4,16]
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ weights; prints the figures, ending with one JSON line.
 s/step is the median optimiser step after the first (the first includes numba's JIT of the RNNT loss);
 peak RSS is this process's. On a GPU (`--gpu`, used by scripts/gpu_check.sh) the steps run in the
 trainer's GPU precision (bf16-mixed) and the JSON adds samples/s, peak GPU memory and transcription RTFx.
-Usage: PYTHONPATH=operator:trainer:benchmark python scripts/bench_real_size.py [--ctc-steps 2]
+Usage: PYTHONPATH=contract:operator:trainer:benchmark python scripts/bench_real_size.py [--ctc-steps 2]
        [--hybrid-steps 2] [--batch-size 2] [--clip-seconds 10] [--out DIR] [--gpu] [--rtfx 1,16]
 """
 from __future__ import annotations

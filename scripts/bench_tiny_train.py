@@ -3,7 +3,7 @@
 tiny ctcOnly training -> share of training clips whose greedy CTC transcript equals the verse.
 
 Target: training under 5 minutes on 2 cores, >= 80 % exact. Prints figures; asserts nothing.
-Usage: PYTHONPATH=operator:trainer:benchmark python scripts/bench_tiny_train.py [--steps 800] [--out DIR]
+Usage: PYTHONPATH=contract:operator:trainer:benchmark python scripts/bench_tiny_train.py [--steps 800] [--out DIR]
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ py=${PYTHON:-python3}
 started=$(date +%s)
 work=$(mktemp -d -t gpu-check-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-export PYTHONPATH="$PWD/operator:$PWD/trainer:$PWD/benchmark${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/contract:$PWD/operator:$PWD/trainer:$PWD/benchmark${PYTHONPATH:+:$PYTHONPATH}"
 unset QURANFT_TERMINATION_LOG
 
 # fail CODE MESSAGE: say why on stderr and in the JSON, and stop.

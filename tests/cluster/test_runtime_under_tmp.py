@@ -43,7 +43,7 @@ def tmp_checkout():
     """The source roots copied to a fresh directory under /tmp (not the repository itself)."""
     root = Path(tempfile.mkdtemp(prefix="quranft-checkout-", dir="/tmp"))
     try:
-        for name in ("operator", "trainer", "benchmark"):
+        for name in ("contract", "operator", "trainer", "benchmark"):
             shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         (root / "not-runtime.txt").write_text("the rest of the host's /tmp stays hidden")
         yield root

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
     ("cpu-stub-hybrid.yaml", {"improvement", "neutral", "regression"}, {"ctc", "rnnt"}),
 ])
 def test_demo_reaches_a_verdict(cluster, namespace, example, verdicts, heads):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
     proc = subprocess.run([sys.executable, "-m", "quranft.cli", "demo", "--namespace", namespace,
                            "--example", str(ROOT / "manifests" / "examples" / example), "--timeout", "900"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)

@@ -34,7 +34,7 @@ def test_killed_training_pod_resumes_from_its_checkpoint(cluster, namespace, tmp
     name = resume_example(example)
     env = Env(cluster, namespace, tmp_path)
     demo_log = tmp_path / "demo.log"
-    pyenv = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+    pyenv = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
     with open(demo_log, "w") as out:
         demo = subprocess.Popen([sys.executable, "-m", "quranft.cli", "demo", "--namespace", namespace,
                                  "--example", str(example), "--timeout", "780"],

@@ -41,7 +41,7 @@ def test_siblings_share_one_prepared_corpus(cluster, namespace, tmp_path):
     example = tmp_path / "siblings.yaml"
     first, second = siblings(example)
     env = Env(cluster, namespace, tmp_path)
-    pyenv = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+    pyenv = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
     demo_log = tmp_path / "demo.log"
     with open(demo_log, "w") as out:
         demo = subprocess.Popen([sys.executable, "-m", "quranft.cli", "demo", "--namespace", namespace,

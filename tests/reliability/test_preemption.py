@@ -54,7 +54,7 @@ def example(path: Path, training: dict, resources: dict) -> tuple[str, str]:
 
 
 def start_demo(namespace: str, example_path: Path, log_path: Path, timeout: int) -> subprocess.Popen:
-    pyenv = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+    pyenv = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
     with open(log_path, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "quranft.cli", "demo", "--namespace", namespace,
                                  "--example", str(example_path), "--timeout", str(timeout)],

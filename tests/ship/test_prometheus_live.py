@@ -18,7 +18,7 @@ from shippaths import DASHBOARD, ROOT, RULES
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 PY_ENV = dict(os.environ, PYTHONUNBUFFERED="1",
-              PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+              PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
 
 
 def _quranft(*args: str, timeout: float = 900, **kw) -> subprocess.CompletedProcess:

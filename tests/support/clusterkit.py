@@ -105,7 +105,7 @@ class Env:
     def start_operator(self, *extra: str) -> None:
         kubeconfig = access.service_account_kubeconfig(self.cluster.kubeconfig, self.workdir / "sa.kubeconfig")
         env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+                   PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quranft.cli", "operator", "--namespace", self.ns,

@@ -16,7 +16,7 @@ _PROJECT = re.compile(r"^(?:ghcr\.io/)?quran-finetune/(?P<name>[a-z0-9-]+)(?::[\
 _PYTHON = re.compile(r"^(?:docker\.io/)?(?:library/)?python(?::[\w.-]+|@sha256:[0-9a-f]+)?$")
 # Source roots of the implicit namespace package `quranft` (operator/, trainer/, benchmark/ in the repo).
 _REPO = Path(__file__).resolve().parents[3]
-SOURCE_ROOTS = tuple(str(_REPO / d) for d in ("operator", "trainer", "benchmark") if (_REPO / d).is_dir())
+SOURCE_ROOTS = tuple(str(_REPO / d) for d in ("contract", "operator", "trainer", "benchmark") if (_REPO / d).is_dir())
 # What a real image bakes into its environment; here taken from the agent's own environment.
 PASS_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_HOME",
             "NEMO_CACHE_DIR", "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL", "TZ")

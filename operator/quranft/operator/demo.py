@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
     kubeconfig = access.service_account_kubeconfig(cluster.kubeconfig, Path(cluster.state_dir) / "operator.kubeconfig")
     src = access.MANIFESTS.parent
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(str(src / d) for d in ("operator", "trainer", "benchmark")))
+               PYTHONPATH=os.pathsep.join(str(src / d) for d in ("contract", "operator", "trainer", "benchmark")))
     with open(log_path, "a") as log:
         operator = subprocess.Popen([sys.executable, "-m", "quranft.cli", "operator", "--namespace", ns,
                                      "--metrics-port", "0", "--image-tag", args.image_tag],

@@ -42,7 +42,7 @@ kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted
 python3 - "$EXAMPLE" "$NS" "$TAG" > /tmp/quranft-e2e-objects.yaml <<'PY'
 import sys, yaml
-sys.path[:0] = ["operator", "trainer", "benchmark"]
+sys.path[:0] = ["contract", "operator", "trainer", "benchmark"]
 from quranft.operator.demo import seed_job
 from quranft.operator.settings import IMAGE_REPO
 example, ns, tag = sys.argv[1:]
