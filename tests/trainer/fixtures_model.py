@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_ROOTS = [REPO / "operator", REPO / "trainer", REPO / "benchmark"]
+SOURCE_ROOTS = [REPO / "contract", REPO / "operator", REPO / "trainer", REPO / "benchmark"]
 
 
 def ensure_espeak() -> None:

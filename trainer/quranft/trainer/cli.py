@@ -12,10 +12,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from quranft.contract.exits import PREEMPTED_REASON, ExitCode
+from quranft.contract.summaries import FailureSummary, write_termination_message
 from quranft.trainer.config import ConfigError, load_config
-from quranft.trainer.errors import FAILURES, EXIT_OK, classify, failure_summary, write_termination_message
+from quranft.trainer.errors import FAILURES, classify, failure_summary
 
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: the Job's retry resumes from the checkpoint
 # How long a local rank > 0 that stops with an error waits for its pod's main process to exit first
 # (quranft.trainer.distributed.wait_for_launcher_exit says why).
 LAUNCHER_EXIT_WAIT_SECONDS = 30.0
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
         build_parser().print_help()
-        return EXIT_OK if argv else 2
+        return ExitCode.OK if argv else ExitCode.CONFIG_ERROR
     stage = argv[0] if argv[0] in COMMANDS else "trainer"
     term_log = _termination_log_arg(argv)
     try:
@@ -172,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, Preempted):
             _log(f"{stage}: {exc}")
-            return _stop(EXIT_PREEMPTED, {"ok": False, "stage": stage, "reason": "Preempted", "message": str(exc)},
-                         term_log)
+            # The Job's retry resumes from the checkpoint just saved.
+            summary = FailureSummary(stage=stage, reason=PREEMPTED_REASON, message=str(exc)).wire()
+            return _stop(ExitCode.PREEMPTED, summary, term_log)
         if isinstance(exc, KeyboardInterrupt):
             return 130
         reason, code = classify(exc)
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stage}: {reason}: {exc}", file=sys.stderr, flush=True)
         return _stop(code, failure_summary(stage, exc), term_log)
     if summary is None:  # a distributed rank other than 0: rank 0 writes the run's summary
-        return EXIT_OK
+        return ExitCode.OK
     line = write_termination_message(summary, term_log)
     _log(line)
-    return EXIT_OK
+    return ExitCode.OK

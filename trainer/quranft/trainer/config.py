@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from quranft.contract import workspace as layout
+
 QURAN_CORPUS = "rabah2026/Quran-Ayah-Corpus"
 RETASY_CORPUS = "RetaSy/quranic_audio_dataset"
 RETASY_BAD_LABELS = ("in_correct", "not_related_quran", "not_match_aya")
@@ -36,7 +38,7 @@ class RunSpec(_Model):
     name: str = Field("run", pattern=r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$",
                       description="Run name; names runs/<name>/ in the workspace.")
     namespace: str = Field("default", description="Kubernetes namespace, used as a metrics label.")
-    workspace: Path = Field(Path("/workspace"), description="Root of the shared volume (the PVC).")
+    workspace: Path = Field(Path(layout.WORKSPACE), description="Root of the shared volume (the PVC).")
 
 
 class BlendSpec(_Model):
@@ -161,14 +163,14 @@ class RunConfig(_Model):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
-    # Derived locations in the workspace (docs/contracts.md).
+    # Derived locations in the workspace (quranft.contract.workspace).
     @property
     def data_dir(self) -> Path:
-        return self.run.workspace / "data" / data_spec_hash(self.data)
+        return layout.data_dir(data_spec_hash(self.data), self.run.workspace)
 
     @property
     def run_dir(self) -> Path:
-        return self.run.workspace / "runs" / self.run.name
+        return layout.run_dir(self.run.name, self.run.workspace)
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -1,23 +1,23 @@
-"""Failure classes, their exit codes, and the termination-message summary (docs/contracts.md).
+"""Failure classes and how each maps to an exit code and a failure summary (docs/contracts.md).
 
-The operator's podFailurePolicy keys on these exit codes (ConfigError is never retried), so they are
-part of the contract, shared by the trainer and the benchmark.
+The codes, the 4 KB limit and the summary models are the contract's (quranft.contract); this module maps the
+trainer's and the benchmark's exceptions onto them. Names re-exported here keep their old import path.
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
+from quranft.contract.exits import REASON_BY_EXIT, ExitCode
+from quranft.contract.summaries import (  # noqa: F401  (re-exported)
+    MAX_TERMINATION_BYTES,
+    FailureSummary,
+    default_termination_path,
+    fit_summary,
+    write_termination_message,
+)
 from quranft.trainer.config import ConfigError
 
-EXIT_OK = 0
-EXIT_CONFIG_ERROR = 2
-EXIT_DATA_ERROR = 3
-EXIT_TRAINING_ERROR = 4
-EXIT_ENVIRONMENT_ERROR = 5
-MAX_TERMINATION_BYTES = 4096  # the kubelet truncates termination messages at 4 KB
+EXIT_OK = ExitCode.OK  # the old name, still imported by quranft.benchmark.cli
 
 
 class DataError(RuntimeError):
@@ -32,11 +32,11 @@ class EnvironmentProblem(RuntimeError):
     """The runtime cannot do what the config asks (e.g. hybrid on a GPU without libnvvm)."""
 
 
+# exception class -> (reason, exit code)
 FAILURES: dict[type[BaseException], tuple[str, int]] = {
-    ConfigError: ("ConfigError", EXIT_CONFIG_ERROR),
-    DataError: ("DataError", EXIT_DATA_ERROR),
-    TrainingError: ("TrainingError", EXIT_TRAINING_ERROR),
-    EnvironmentProblem: ("EnvironmentError", EXIT_ENVIRONMENT_ERROR),
+    cls: (REASON_BY_EXIT[code], code) for cls, code in (
+        (ConfigError, ExitCode.CONFIG_ERROR), (DataError, ExitCode.DATA_ERROR),
+        (TrainingError, ExitCode.TRAINING_ERROR), (EnvironmentProblem, ExitCode.ENVIRONMENT_ERROR))
 }
 
 
@@ -52,39 +52,6 @@ def classify(exc: BaseException) -> tuple[str, int]:
     return FAILURES[TrainingError]
 
 
-def default_termination_path() -> Path | None:
-    env = os.environ.get("QURANFT_TERMINATION_LOG")
-    if env:
-        return Path(env)
-    default = Path("/dev/termination-log")
-    return default if default.exists() and os.access(default, os.W_OK) else None
-
-
-def fit_summary(summary: dict[str, Any], limit: int = MAX_TERMINATION_BYTES) -> str:
-    """Serialise to one JSON line of at most `limit` bytes, shortening `message` if needed."""
-    line = json.dumps(summary, separators=(",", ":"), ensure_ascii=False, default=str)
-    if len(line.encode()) <= limit:
-        return line
-    trimmed = dict(summary)
-    message = str(trimmed.get("message", ""))
-    overflow = len(line.encode()) - limit + 16
-    trimmed["message"] = message.encode()[: max(0, len(message.encode()) - overflow)].decode(errors="ignore") + "…"
-    line = json.dumps(trimmed, separators=(",", ":"), ensure_ascii=False, default=str)
-    if len(line.encode()) > limit:
-        raise ValueError(f"summary does not fit {limit} bytes even without its message")
-    return line
-
-
-def write_termination_message(summary: dict[str, Any], path: str | Path | None = None) -> str:
-    """Write the summary line where Kubernetes reads it; returns the line (also for logs)."""
-    line = fit_summary(summary)
-    target = Path(path) if path else default_termination_path()
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(line)
-    return line
-
-
 def failure_summary(stage: str, exc: BaseException) -> dict[str, Any]:
     reason, _ = classify(exc)
-    return {"ok": False, "stage": stage, "reason": reason, "message": str(exc)}
+    return FailureSummary(stage=stage, reason=reason, message=str(exc)).wire()

@@ -1,7 +1,8 @@
 """Training telemetry: Prometheus gauges, `progress.json` and the `QURANFT_PROGRESS` stdout line.
 
-The operator reads the last progress line from the pod log (docs/contracts.md); Prometheus scrapes the
-gauges. Both are fed by one Lightning callback (quranft.trainer.callbacks).
+The operator reads the last progress line from the pod log (the record and its line are the contract's:
+quranft.contract.progress); Prometheus scrapes the gauges. Both are fed by one Lightning callback
+(quranft.trainer.callbacks).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-PROGRESS_PREFIX = "QURANFT_PROGRESS "
+from quranft.contract.progress import PROGRESS_PREFIX, ProgressRecord, progress_line  # noqa: F401  (re-exported)
 
 
 def metric_labels(run_name: str, namespace: str) -> dict[str, str]:
@@ -116,16 +117,15 @@ class ProgressReporter:
         if not force and not new_checkpoint and self._last is not None and now - self._last < self.interval:
             return False
         self._last = now
-        doc = {"step": step, "maxSteps": max_steps, "loss": loss, "lr": lr, "epoch": epoch,
-               "updatedAt": rfc3339_now()}
-        if self.last_checkpoint_step is not None:
-            doc["lastCheckpointStep"] = self.last_checkpoint_step
-        doc.update(extra)
+        if self.last_checkpoint_step is not None:  # omitted, not null, until a checkpoint exists
+            extra = {"lastCheckpointStep": self.last_checkpoint_step, **extra}
+        doc = ProgressRecord(step=step, max_steps=max_steps, loss=loss, lr=lr, epoch=epoch,
+                             updated_at=rfc3339_now(), **extra).wire()
         self._reported_checkpoint = self.last_checkpoint_step
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, doc)
         if self.history is not None:
             with self.history.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps({key: doc.get(key) for key in HISTORY_KEYS}, separators=(",", ":")) + "\n")
-        self._out(PROGRESS_PREFIX + json.dumps(doc, separators=(",", ":")))
+        self._out(progress_line(doc))
         return True

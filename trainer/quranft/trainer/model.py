@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from quranft.contract import workspace as layout
 from quranft.trainer.config import ConfigError, FreezeSpec, TrainingSpec
 from quranft.trainer.errors import DataError
 
@@ -97,7 +98,7 @@ def training_manifests(model, data_dir: Path, run_dir: Path, *, base_model: str,
     prepared_for = vocab.recorded_tokenizer(stats)
     if prepared_for == tokenizer.sha256:
         return train, val
-    out = run_dir / "manifests" if refold_dir is None else refold_dir
+    out = run_dir / layout.REFOLDED_MANIFESTS_DIR if refold_dir is None else refold_dir
     log(f"train: {data_dir} was prepared for tokenizer {(prepared_for or 'none (before the gate)')[:12]}, "
         f"{base_model} has {tokenizer.sha256[:12]}: training on its transcripts refolded into {out}")
     counts = vocab.refold_all({"train": train, "val": val}, vocab.Gate(tokenizer, max_unk_rate), out)

@@ -40,6 +40,8 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from quranft.contract import workspace as layout
+from quranft.contract.summaries import PrepareSummary
 from quranft.trainer import vocab
 from quranft.trainer.config import DataSpec, RunConfig, data_spec_hash
 from quranft.trainer.errors import DataError
@@ -468,8 +470,7 @@ def _summary(key: str, data_dir: Path, reused: bool, stats: dict[str, Any],
     brief = {name: stats[name] for name in ("train", "val") if name in stats}
     if words is not None:
         brief["vocabulary"] = words
-    return {"ok": True, "stage": "prepare", "dataSpecHash": key, "dataDir": str(data_dir), "reused": reused,
-            "stats": brief}
+    return PrepareSummary(data_spec_hash=key, data_dir=str(data_dir), reused=reused, stats=brief).wire()
 
 
 def default_workers() -> int:
@@ -529,7 +530,7 @@ def prepare(cfg: RunConfig, *, log: Log = print, workers: int | None = None) -> 
     Raises DataError when a source cannot be read or nothing is left after filtering.
     """
     key = data_spec_hash(cfg.data)
-    data_root = Path(os.path.abspath(cfg.run.workspace)) / "data"
+    data_root = layout.data_root(os.path.abspath(cfg.run.workspace))
     gate = vocab.Gate(vocab.load_tokenizer(cfg.training.base_model), cfg.data.max_unk_rate)
 
     def fill(build_dir: Path, final_dir: Path) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from quranft.contract import workspace as layout
+from quranft.contract.summaries import TrainSummary
 from quranft.trainer.config import ConfigError, RunConfig, data_spec_hash, dump_config
 
 
@@ -131,7 +133,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
     check_mode(t.mode, cuda)  # before minutes of model loading, not mid-training
     data_dir, run_dir = cfg.data_dir, cfg.run_dir
     modelmod.manifest_paths(data_dir)  # DataError early when prepare has not run
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = layout.checkpoints_dir(cfg.run.name, cfg.run.workspace)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(t.seed, workers=True)  # the same seed on every rank: identical initial weights
@@ -182,8 +184,9 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
         port = metrics.start()
         if port:
             log(f"train: Prometheus metrics on :{port}/metrics")
-        progress = ProgressReporter(run_dir / "progress.json", cfg.metrics.progress_interval_seconds,
-                                    history=run_dir / "progress_history.jsonl")
+        progress = ProgressReporter(layout.progress_path(cfg.run.name, cfg.run.workspace),
+                                    cfg.metrics.progress_interval_seconds,
+                                    history=layout.progress_history_path(cfg.run.name, cfg.run.workspace))
     group = ddp.GroupSync() if place.distributed else None
     if writer:
         telemetry = Telemetry(progress, metrics, t.max_steps, world_size=place.world_size, group=group)
@@ -241,21 +244,21 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
         rank_log(f"train: done at step {trainer.global_step}; rank 0 exports the model")
         return None
 
-    model_path = run_dir / "model.nemo"
+    model_path = layout.model_path(cfg.run.name, cfg.run.workspace)
     export_model(model, model_path, t.half_precision_weights, head="ctc" if t.mode == "ctcOnly" else "rnnt")
     losses = telemetry.final_losses()
     telemetry.report(trainer, force=True)  # the step again, now with the final validation WER
     wall = time.monotonic() - started
-    summary = {"ok": True, "stage": "train", "step": trainer.global_step, "modelPath": str(model_path),
-               "sizeBytes": model_path.stat().st_size, "sha256": sha256_file(model_path),
-               "dataSpecHash": data_spec_hash(cfg.data), "finalLoss": losses.get("total"),
-               "valWer": telemetry.val_wer, "resumedFromStep": resumed_from, "worldSize": place.world_size,
-               "globalBatchSize": global_batch, "nodes": place.nodes, "devicesPerNode": place.devices_per_node}
+    summary = TrainSummary(
+        step=trainer.global_step, model_path=str(model_path), size_bytes=model_path.stat().st_size,
+        sha256=sha256_file(model_path), data_spec_hash=data_spec_hash(cfg.data), final_loss=losses.get("total"),
+        val_wer=telemetry.val_wer, resumed_from_step=resumed_from, world_size=place.world_size,
+        global_batch_size=global_batch, nodes=place.nodes, devices_per_node=place.devices_per_node).wire()
     meta = {**summary, "config": json.loads(dump_config(cfg)), "precision": precision, "numWorkers": workers,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu", "parameters": params,
             "data": {**counts, "stats": read_stats(data_dir)}, "finalLosses": losses,
             "wallTimeSeconds": round(wall, 2), "versions": versions()}
-    (run_dir / "training_metadata.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2, default=str))
+    layout.training_metadata_path(cfg.run.name, cfg.run.workspace).write_text(json.dumps(meta, ensure_ascii=False, indent=2, default=str))
     log(f"train: done in {wall:.0f}s, step {trainer.global_step}, loss {losses.get('total')}, "
         f"val WER {telemetry.val_wer}; {model_path}")
     return summary
