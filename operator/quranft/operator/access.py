@@ -7,9 +7,11 @@ from pathlib import Path
 
 import yaml
 
+from quranft.contract.keys import CAMPAIGN_PLURAL, GROUP, PLURAL
+
 MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"
-CRD_NAME = "quranfinetunes.quranft.io"
-CAMPAIGN_CRD_NAME = "quranfinetunecampaigns.quranft.io"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CAMPAIGN_CRD_NAME = f"{CAMPAIGN_PLURAL}.{GROUP}"
 CRD_NAMES = (CRD_NAME, CAMPAIGN_CRD_NAME)
 SA_NAMESPACE, SA_NAME = "quranft-system", "quranft-operator"
 

@@ -17,33 +17,31 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
+from quranft.contract import workspace as layout
+from quranft.contract.exits import FATAL_EXIT_CODES, ExitCode
+from quranft.contract.keys import (  # noqa: F401  (label and annotation names are re-exported from here too)
+    API_VERSION,
+    COMMAND_ANNOTATION,
+    COMMON_LABELS,
+    GROUP_FAILURES_ANNOTATION,
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_DATA_HASH,
+    LABEL_GENERATION,
+    LABEL_RUN,
+    LABEL_STAGE,
+    STOP_ANNOTATION,
+)
+from quranft.contract.workspace import CONFIG_DIR, CONFIG_FILE, CONFIG_KEY, WORKSPACE  # noqa: F401
 from quranft.trainer.config import ConfigError, RunConfig, data_spec_hash, format_validation_error
 
-from .settings import GROUP, KIND, VERSION, OperatorSettings
+from .settings import OperatorSettings
 
-LABEL_RUN = f"{GROUP}/run"
-LABEL_STAGE = f"{GROUP}/stage"
-LABEL_GENERATION = f"{GROUP}/generation"
-LABEL_DATA_HASH = f"{GROUP}/data-spec-hash"
-# A multi-node training Job is re-created as a new attempt when the group restarts (see build_rank_job_fields).
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-# Counted group failures before this attempt, on the attempt's Job itself, so the count survives an operator
-# that dies between creating the Job and writing the status.
-GROUP_FAILURES_ANNOTATION = f"{GROUP}/group-failures"
-# Set by a user or the campaign controller: the run ends Stopped (see status.derive); the value says why.
-STOP_ANNOTATION = f"{GROUP}/stop-requested"
 # The Job controller's per-pod completion index of an Indexed Job (annotation and label on every pod).
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
-# Tests may replace a stage's command per resource; honoured only with settings.allow_command_overrides.
-COMMAND_ANNOTATION = f"{GROUP}/stage-commands"
-WORKSPACE = "/workspace"
-CONFIG_DIR = "/etc/quranft"
-CONFIG_FILE = f"{CONFIG_DIR}/config.json"
 STAGE_SUFFIX = {"prepare": "prepare", "train": "train", "benchmark": "bench"}
-# Exit codes that must not be retried (docs/contracts.md): ConfigError, EnvironmentError.
-FATAL_EXIT_CODES = [2, 5]
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_NAME = 63
 # Ranks of one run at most (nodes x devices per node); the CRD has the same ceiling as a CEL rule.
@@ -108,8 +106,7 @@ def claim_name(spec: Mapping[str, Any], name: str) -> str:
 
 
 def run_labels(name: str, stage: str | None = None, generation: int | None = None) -> dict[str, str]:
-    labels = {"app.kubernetes.io/name": "quran-finetune", "app.kubernetes.io/managed-by": "quranft-operator",
-              LABEL_RUN: name}
+    labels = {**COMMON_LABELS, LABEL_RUN: name}
     if stage:
         labels[LABEL_STAGE] = stage
     if generation is not None:
@@ -118,7 +115,7 @@ def run_labels(name: str, stage: str | None = None, generation: int | None = Non
 
 
 def owner_reference(meta: Mapping[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
             "controller": True, "blockOwnerDeletion": True}
 
 
@@ -224,7 +221,7 @@ def build_config_map(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[s
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": _object_meta(config_map_name(meta["name"]), meta, run_labels(meta["name"], "config")),
-        "data": {"config.json": json.dumps(doc, indent=2, sort_keys=True)},
+        "data": {CONFIG_KEY: json.dumps(doc, indent=2, sort_keys=True)},
     }
 
 
@@ -274,23 +271,22 @@ def benchmark_args(spec: Mapping[str, Any], meta: Mapping[str, Any], model_path:
     """`quranft benchmark run` flags for this resource (the baseline comes from spec.benchmark.baseline)."""
     bench = spec.get("benchmark") or {}
     training = spec.get("training") or {}
-    run_dir = f"{WORKSPACE}/runs/{meta['name']}"
-    corpus = dict(bench.get("corpus") or {"path": bench.get("corpusPath", f"{WORKSPACE}/corpus")})
+    name = meta["name"]
+    corpus = dict(bench.get("corpus") or {"path": bench.get("corpusPath", str(layout.default_corpus_dir()))})
     if set(corpus) == {"path"}:
         corpus_args = ["--corpus", corpus["path"]]
     else:  # a dataset split: the benchmark prepares it once under <workspace>/corpora/<hash>/
         corpus_args = ["--corpus-spec", json.dumps(corpus, sort_keys=True, separators=(",", ":"))]
-    args = ["--model", model_path or f"{run_dir}/model.nemo", *corpus_args,
-            "--workspace", WORKSPACE, "--training-data", f"{WORKSPACE}/data/{spec_data_hash(spec)}",
-            "--out", f"{run_dir}/benchmark", "--name", meta["name"],
+    args = ["--model", model_path or str(layout.model_path(name)), *corpus_args,
+            "--workspace", WORKSPACE, "--training-data", str(layout.data_dir(spec_data_hash(spec))),
+            "--out", str(layout.benchmark_dir(name)), "--name", name,
             "--mode", str(training.get("mode", "ctcOnly")),
             "--batch-size", str(bench.get("batchSize") or (16 if stage_gpus(spec, "benchmark") else 4))]
     baseline = bench.get("baseline") or {"baseModel": True}
     if baseline.get("resultsPath"):
         args += ["--baseline", baseline["resultsPath"]]
     elif baseline.get("qftRef"):
-        args += ["--baseline", baseline_results
-                 or f"{WORKSPACE}/runs/{baseline['qftRef']['name']}/benchmark/latest.json"]
+        args += ["--baseline", baseline_results or str(layout.latest_results_path(baseline["qftRef"]["name"]))]
     elif baseline.get("baseModel"):
         args += ["--baseline-model", str(training.get("baseModel", "")), "--baseline-name", "base"]
     if bench.get("excludeLeaked") is False:
@@ -340,7 +336,7 @@ def _resources(spec: Mapping[str, Any], stage: str) -> dict[str, Any]:
 def _env(meta: Mapping[str, Any], container: str) -> list[dict[str, Any]]:
     return [
         {"name": "QURANFT_RUN", "value": meta["name"]},
-        {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
+        {"name": "HF_HOME", "value": str(layout.hub_cache_dir())},
         {"name": "HOME", "value": "/tmp"},
         # Whole cores requested (rounded up): the trainer sizes its data loader workers by it.
         {"name": "QURANFT_CPU_REQUEST", "valueFrom": {"resourceFieldRef": {
@@ -506,7 +502,7 @@ def build_rank_job_fields(job_spec: dict[str, Any], spec: Mapping[str, Any], met
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {"operator": "In", "values": list(FATAL_EXIT_CODES)}},
             {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+            {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [int(ExitCode.OK)]}},
         ]},
     })
     pod = job_spec["template"]["spec"]

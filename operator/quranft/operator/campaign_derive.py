@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 from . import campaign_notify
 from . import status as st
 from .campaign_plan import ChildPlan
-from .campaign_spec import ENDED_PHASES, STOP_ANNOTATION, TERMINAL_PHASES, CampaignSpec
+from .campaign_spec import ENDED_PHASES, PROMOTE_ANNOTATION, STOP_ANNOTATION, TERMINAL_PHASES, CampaignSpec
 from .observe import JobView, parse_time
 
 MAX_HISTORY = 200
@@ -183,16 +183,16 @@ def decide_promotion(variants: list[Mapping[str, Any]], policy: str, manual: str
     if policy == "Manual":
         if not manual:
             return {"variant": None, "reason": "AwaitingManualPromotion",
-                    "message": "promotion is Manual: annotate the campaign quranft.io/promote=<variant>"}
+                    "message": f"promotion is Manual: annotate the campaign {PROMOTE_ANNOTATION}=<variant>"}
         chosen = by_name.get(manual)
         if chosen is None:
             return {"variant": None, "reason": "InvalidPromotion",
-                    "message": f"quranft.io/promote names {manual!r}, which is not a variant ({sorted(by_name)})"}
+                    "message": f"{PROMOTE_ANNOTATION} names {manual!r}, which is not a variant ({sorted(by_name)})"}
         if chosen.get("phase") != "Succeeded":
             return {"variant": None, "reason": "InvalidPromotion",
                     "message": f"{manual} ended {chosen.get('phase')}: only a benchmarked variant can be promoted"}
         return {"variant": manual, "reason": "Promoted",
-                "message": f"{manual} promoted by the quranft.io/promote annotation (verdict {chosen.get('verdict')})"}
+                "message": f"{manual} promoted by the {PROMOTE_ANNOTATION} annotation (verdict {chosen.get('verdict')})"}
     improving = [v for v in variants if v.get("phase") == "Succeeded" and v.get("verdict") == "improvement"]
     if not improving:
         return {"variant": None, "reason": "NoImprovement",

@@ -22,6 +22,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from quranft.contract.keys import GROUP, PLURAL, VERSION
+
 from . import builders, campaign_jobs
 from . import status as st
 from .campaign_derive import CampaignObserved, child_view, derive
@@ -30,7 +32,7 @@ from .campaign_plan import PlanError, campaign_pvc, claim_name, plan, trainer_pr
 from .campaign_spec import (CAMPAIGN_PLURAL, LABEL_CAMPAIGN, PROMOTE_ANNOTATION, CampaignSpec, parse_spec)
 from .kube import Kube
 from .observe import job_view, pod_view
-from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
+from .settings import OperatorSettings, settings_from_env
 
 CAMPAIGN = (GROUP, VERSION, CAMPAIGN_PLURAL)
 RUN = (GROUP, VERSION, PLURAL)

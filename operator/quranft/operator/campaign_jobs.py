@@ -8,6 +8,9 @@ import copy
 import json
 from typing import Any, Mapping
 
+from quranft.contract.exits import FATAL_EXIT_CODES
+from quranft.contract.workspace import WORKSPACE
+
 from . import builders
 from .campaign_notify import SENDER, body_bytes
 from .campaign_plan import campaign_labels, claim_name, owner_reference
@@ -45,7 +48,7 @@ def report_command(meta: Mapping[str, Any], settings: OperatorSettings) -> list[
             overrides.update(json.loads(raw))
     if REPORT_COMMAND_KEY in overrides:
         return list(overrides[REPORT_COMMAND_KEY])
-    return ["quranft", "benchmark", "campaign-report", "--input", INPUT_FILE, "--workspace", builders.WORKSPACE]
+    return ["quranft", "benchmark", "campaign-report", "--input", INPUT_FILE, "--workspace", WORKSPACE]
 
 
 def _meta(name: str, meta: Mapping[str, Any], component: str) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def _job(name: str, meta: Mapping[str, Any], component: str, container: dict[str
         "spec": {
             "backoffLimit": backoff, "completions": 1, "parallelism": 1,
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"operator": "In", "values": list(builders.FATAL_EXIT_CODES)}},
+                {"action": "FailJob", "onExitCodes": {"operator": "In", "values": list(FATAL_EXIT_CODES)}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
             "template": {"metadata": {"labels": labels}, "spec": pod},
@@ -115,7 +118,7 @@ def report_job(spec: CampaignSpec, meta: Mapping[str, Any], kind: str, settings:
     container = _container(
         kind, report_image(spec, settings), images.get("pullPolicy") or settings.image_pull_policy,
         report_command(meta, settings), "1", "2Gi",
-        [{"name": "workspace", "mountPath": builders.WORKSPACE},
+        [{"name": "workspace", "mountPath": WORKSPACE},
          {"name": "input", "mountPath": INPUT_DIR, "readOnly": True}])
     volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name(spec, meta["name"])}},
                {"name": "input", "configMap": {"name": input_name(meta["name"], kind)}}]

@@ -7,9 +7,10 @@ from typing import Any, Mapping
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from quranft.contract.keys import GROUP, PLURAL, VERSION
+
 from .campaign_spec import CAMPAIGN_PLURAL, STOP_ANNOTATION
 from .kube import Kube
-from .settings import GROUP, PLURAL, VERSION
 
 
 def api_message(exc: ApiException) -> str:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from math import prod
 from typing import Any, Mapping
 
+from quranft.contract import workspace as layout
+from quranft.contract.keys import API_VERSION, COMMON_LABELS, KIND
 from quranft.trainer.config import ConfigError
 
 from . import builders
 from .campaign_spec import (CAMPAIGN_API_VERSION, CAMPAIGN_KIND, LABEL_CAMPAIGN, LABEL_VARIANT, MAX_CHILD_NAME,
-                            MAX_VARIANTS, PATH_PATTERN, PRODUCTION_DIR, PROTECTED_PATHS, TRIAL_PREFIX,
+                            MAX_VARIANTS, PATH_PATTERN, PROTECTED_PATHS, TRIAL_PREFIX,
                             VARIANT_COMMANDS_ANNOTATION, CampaignSpec, Search, Variant)
-from .settings import GROUP, VERSION
 
 _PATH = re.compile(PATH_PATTERN)
 
@@ -45,8 +46,7 @@ def owner_reference(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def campaign_labels(name: str, component: str | None = None) -> dict[str, str]:
-    labels = {"app.kubernetes.io/name": "quran-finetune", "app.kubernetes.io/managed-by": "quranft-operator",
-              LABEL_CAMPAIGN: name}
+    labels = {**COMMON_LABELS, LABEL_CAMPAIGN: name}
     if component:
         labels[builders.LABEL_STAGE] = component
     return labels
@@ -72,7 +72,7 @@ def campaign_pvc(spec: CampaignSpec, meta: Mapping[str, Any]) -> dict[str, Any] 
 def child_baseline(baseline: Mapping[str, Any]) -> dict[str, Any]:
     """The campaign's baseline as a QuranFineTune spec.benchmark.baseline (a promoted model is its results file)."""
     if baseline.get("promoted"):
-        return {"resultsPath": f"{builders.WORKSPACE}/{PRODUCTION_DIR}/{baseline['promoted']}/results.json"}
+        return {"resultsPath": str(layout.production_results_path(baseline["promoted"]))}
     if baseline.get("qftRef"):
         return {"qftRef": {"name": baseline["qftRef"]["name"]}}
     if baseline.get("resultsPath"):
@@ -194,7 +194,7 @@ def child_body(spec: CampaignSpec, meta: Mapping[str, Any], variant: Variant) ->
     annotations = child_annotations(meta, variant.name)
     if annotations:
         metadata["annotations"] = annotations
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QuranFineTune", "metadata": metadata,
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,
             "spec": child_spec(spec, variant, claim_name(spec, meta["name"]))}
 
 

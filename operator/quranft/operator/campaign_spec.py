@@ -12,21 +12,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from . import builders
-from .settings import GROUP, VERSION
+# The campaign's names (quranft.contract.keys), re-exported. Early stopping asks a child to stop through
+# STOP_ANNOTATION; the QuranFineTune controller ends it `Stopped`. VARIANT_COMMANDS_ANNOTATION (tests only, honoured
+# with --allow-command-overrides) is merged over the campaign's own stage commands for that variant's child.
+from quranft.contract.keys import (  # noqa: F401
+    API_VERSION as CAMPAIGN_API_VERSION,
+    CAMPAIGN_KIND,
+    CAMPAIGN_PLURAL,
+    LABEL_CAMPAIGN,
+    LABEL_VARIANT,
+    PROMOTE_ANNOTATION,
+    STOP_ANNOTATION,
+    VARIANT_COMMANDS_ANNOTATION,
+)
 
-CAMPAIGN_KIND = "QuranFineTuneCampaign"
-CAMPAIGN_PLURAL = "quranfinetunecampaigns"
-CAMPAIGN_API_VERSION = f"{GROUP}/{VERSION}"
-LABEL_CAMPAIGN = f"{GROUP}/campaign"
-LABEL_VARIANT = f"{GROUP}/variant"
-# Manual promotion: the variant to promote, set by a person (kubectl annotate qftc NAME quranft.io/promote=v3).
-PROMOTE_ANNOTATION = f"{GROUP}/promote"
-# Early stopping asks a child to stop through this annotation; the QuranFineTune controller ends it `Stopped`.
-STOP_ANNOTATION = builders.STOP_ANNOTATION
-# Tests only (honoured with --allow-command-overrides): {"<variant>": {"<stage>": [command...]}}, merged over
-# the campaign's own quranft.io/stage-commands for that variant's child.
-VARIANT_COMMANDS_ANNOTATION = f"{GROUP}/variant-stage-commands"
 # QuranFineTune names are at most 52 characters (its CRD), and children are named <campaign>-<variant>.
 MAX_CHILD_NAME = 52
 MAX_CAMPAIGN_NAME = 48
@@ -37,7 +36,6 @@ PROTECTED_PATHS = ("storage", "benchmark.corpus", "benchmark.corpusPath", "bench
                    "benchmark.primaryMetric", "benchmark.verdictRule", "benchmark.tolerances")
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PATH_PATTERN = r"^[A-Za-z][A-Za-z0-9]*([.][A-Za-z][A-Za-z0-9]*)*$"
-PRODUCTION_DIR = "models/production"
 PHASES = ("Pending", "Running", "Reporting", "Succeeded", "Failed")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 # A child's phases that end its variant (Stopped: early stopping, by the QuranFineTune controller).

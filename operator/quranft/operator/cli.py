@@ -6,6 +6,8 @@ import json
 import logging
 import os
 
+from quranft.contract.keys import COMMAND_ANNOTATION
+
 from .settings import settings_from_env
 
 
@@ -31,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-command", action="append", default=[], metavar="STAGE=JSON",
                    help='Replace a stage command for all runs, e.g. train=\'["python","-c","..."]\' (tests).')
     p.add_argument("--allow-command-overrides", action="store_true", default=None,
-                   help="Honour the quranft.io/stage-commands annotation (tests only).")
+                   help=f"Honour the {COMMAND_ANNOTATION} annotation (tests only).")
     p.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     p.add_argument("--verbose", "-v", action="store_true")
     return p

@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 
+from quranft.contract.keys import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
+from quranft.contract.workspace import WORKSPACE
+
 from . import access
-from .builders import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY, WORKSPACE
-from .campaign_spec import CAMPAIGN_KIND, CAMPAIGN_PLURAL
-from .settings import DEFAULT_TAG, GROUP, IMAGE_REPO, PLURAL, VERSION
+from .builders import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY
+from .settings import DEFAULT_TAG, IMAGE_REPO
 
 EXAMPLE = access.MANIFESTS / "examples" / "cpu-stub-ctc.yaml"
 SEED_SCRIPT = f"""set -e
@@ -120,7 +122,7 @@ def main(argv: list[str]) -> int:
                                "pod-security.kubernetes.io/warn": "restricted"}}}], None)
     docs = [d for d in yaml.safe_load_all(args.example.read_text()) if d]
     claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    runs = [d for d in docs if d["kind"] in ("QuranFineTune", CAMPAIGN_KIND)]
+    runs = [d for d in docs if d["kind"] in (KIND, CAMPAIGN_KIND)]
     _apply(kubectl, cluster.kubeconfig, claims, ns)
     followed = runs[0]
     is_campaign = followed["kind"] == CAMPAIGN_KIND

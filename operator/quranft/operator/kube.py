@@ -8,8 +8,9 @@ from typing import Any, Mapping
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from quranft.contract.progress import PROGRESS_PREFIX, parse_progress  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-PROGRESS_PREFIX = "QURANFT_PROGRESS "
 
 
 class Kube:
@@ -93,7 +94,7 @@ class Kube:
         return items[-1].get("message")
 
     def last_progress(self, namespace: str, pod: str, tail_lines: int = 200) -> dict[str, Any] | None:
-        """The last QURANFT_PROGRESS line of a pod's log (docs/contracts.md); None when there is none yet."""
+        """The last progress line of a pod's log (quranft.contract.progress); None when there is none yet."""
         try:
             text = self.core.read_namespaced_pod_log(pod, namespace, tail_lines=tail_lines,
                                                      _preload_content=False).data.decode(errors="replace")
@@ -103,16 +104,3 @@ class Kube:
             raise
         return parse_progress(text)
 
-
-def parse_progress(log_text: str) -> dict[str, Any] | None:
-    for line in reversed(log_text.splitlines()):
-        at = line.find(PROGRESS_PREFIX)
-        if at < 0:
-            continue
-        try:
-            doc = json.loads(line[at + len(PROGRESS_PREFIX):])
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(doc, dict):
-            return doc
-    return None

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
+from quranft.contract.keys import GROUP_FAILURES_ANNOTATION, LABEL_ATTEMPT, LABEL_GENERATION, LABEL_STAGE
+
 
 def parse_time(value: Any) -> datetime | None:
     if not value:
@@ -95,8 +97,6 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
 
 
 def job_view(job: Mapping[str, Any], pods: tuple[PodView, ...] = (), quota_message: str | None = None) -> JobView:
-    from .builders import GROUP_FAILURES_ANNOTATION, LABEL_ATTEMPT, LABEL_GENERATION, LABEL_STAGE
-
     meta, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     labels = meta.get("labels") or {}
     complete, failed_reason, failed_message, failed_time = False, None, None, None

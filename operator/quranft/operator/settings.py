@@ -7,10 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-GROUP = "quranft.io"
-VERSION = "v1alpha1"
-PLURAL = "quranfinetunes"
-KIND = "QuranFineTune"
+from quranft.contract.keys import GROUP, KIND, PLURAL, VERSION  # noqa: F401  (re-exported)
+
 IMAGE_REPO = "ghcr.io/quran-finetune"
 DEFAULT_TAG = "0.1.0"
 STAGES = ("prepare", "train", "benchmark")

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from .builders import FATAL_EXIT_CODES, STOP_ANNOTATION, devices_per_node, nodes_of, total_gpus
+from quranft.contract import workspace as layout
+from quranft.contract.exits import FATAL_EXIT_CODES, PREEMPTED_REASON, REASON_BY_EXIT, ExitCode
+from quranft.contract.keys import STOP_ANNOTATION
+from quranft.contract.summaries import MAX_TERMINATION_BYTES as MAX_MESSAGE_BYTES
+
+from .builders import devices_per_node, nodes_of, total_gpus
 from .observe import JobView, PodView, parse_time
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
-MAX_MESSAGE_BYTES = 4096  # the kubelet's termination-message limit
-REASON_BY_EXIT = {2: "ConfigError", 3: "DataError", 4: "TrainingError", 5: "EnvironmentError"}
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 PERMANENT_WAIT_REASONS = {"InvalidImageName", "ErrImageNeverPull"}
 # Bounds status.trainingPods (a run evicted more often than this counts further by the Job's failures only).
@@ -172,7 +175,7 @@ def classify_failure(job: JobView, pod: PodView | None = None) -> tuple[str, str
         if pod.exit_code in REASON_BY_EXIT:
             return REASON_BY_EXIT[pod.exit_code], _clip(pod.message or f"exit code {pod.exit_code}", 1024)
         if pod.disrupted:
-            return "Preempted", f"pod {pod.name} was preempted or evicted"
+            return PREEMPTED_REASON, f"pod {pod.name} was preempted or evicted"
     match = _EXIT_IN_MESSAGE.search(job.failed_message or "")
     if match and int(match.group(1)) in REASON_BY_EXIT:
         return REASON_BY_EXIT[int(match.group(1))], job.failed_message or ""
@@ -586,7 +589,7 @@ def _verdict_message(verdict: str, summary: Mapping[str, Any], primary: str) -> 
 
 def _model(spec: Mapping[str, Any], meta: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:
     summary = summary or {}
-    model = {"path": summary.get("modelPath") or f"/workspace/runs/{meta['name']}/model.nemo"}
+    model = {"path": summary.get("modelPath") or str(layout.model_path(meta["name"]))}
     for src, dst in (("sizeBytes", "sizeBytes"), ("sha256", "sha256"), ("dataSpecHash", "dataSpecHash"),
                      ("step", "step"), ("finalLoss", "finalLoss"), ("valWer", "valWer")):
         if summary.get(src) is not None:
@@ -688,7 +691,7 @@ def _group_cause(job: JobView) -> tuple[str, PodView | None]:
     if disrupted:
         return "disrupted", disrupted
     # 143 is a rank the Job controller stopped after another failed; the other exit code is the cause.
-    cause = next((pod for pod in failed if pod.exit_code != 143), failed[0] if failed else None)
+    cause = next((pod for pod in failed if pod.exit_code != ExitCode.PREEMPTED), failed[0] if failed else None)
     return "failed", cause
 
 
