@@ -122,6 +122,10 @@ def outputs() -> dict[Path, str]:
             CHART_CRDS / QFT_FILE: qft, CHART_CRDS / CAMPAIGN_FILE: campaign}
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def stale() -> list[Path]:
     return [path for path, text in outputs().items() if not path.is_file() or path.read_text() != text]
 
@@ -131,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if a checked-in CRD differs from the output")
     args = p.parse_args(argv)
     if args.check:
-        for path in stale():
-            print(f"{path.relative_to(ROOT)} is stale: run python scripts/gen_crd.py", file=sys.stderr)
-        return 1 if stale() else 0
+        paths = stale()
+        for path in paths:
+            print(f"{_shown(path)} is stale: run python scripts/gen_crd.py", file=sys.stderr)
+        return 1 if paths else 0
     for path, text in outputs().items():
         path.write_text(text)
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {_shown(path)}")
     return 0
 
 

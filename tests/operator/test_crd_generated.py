@@ -1,40 +1,102 @@
-"""The QuranFineTune CRD is generated from quranft.operator.resource (scripts/gen_crd.py): the schema the
-generator writes accepts and refuses what the hand-kept CRD did."""
+"""The QuranFineTune CRD is generated from quranft.operator.resource (scripts/gen_crd.py), never hand-edited:
+the checked-in CRDs and the chart's copies are the generator's output, and the models read a stored spec the
+way the API server defaulted it."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
+import pytest
 import yaml
+from specs import apply_defaults, body, schema
+
+from quranft.operator.resource import QuranFineTuneSpec, QuranFineTuneStatus, parse_spec
+from quranft.trainer.config import ConfigError, DataSpec, TrainingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "manifests" / "crd" / "quranfinetunes.quranft.io.yaml"
+EXAMPLES = ROOT / "manifests" / "examples"
 
 
-def _generator():
+@pytest.fixture(scope="module")
+def gen():
     spec = importlib.util.spec_from_file_location("gen_crd", ROOT / "scripts" / "gen_crd.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _differences(want, got, path="") -> list[str]:
-    """Where two parsed YAML documents differ; numbers compare by value (1 and 1.0 are one JSON number), a bool
-    is never a number."""
-    if isinstance(want, bool) or isinstance(got, bool):
-        return [] if type(want) is type(got) and want == got else [f"{path}: {want!r} != {got!r}"]
-    if isinstance(want, (int, float)) and isinstance(got, (int, float)):
-        return [] if want == got else [f"{path}: {want!r} != {got!r}"]
-    if isinstance(want, dict) and isinstance(got, dict):
-        out = [f"{path}.{k}: missing" for k in want if k not in got]
-        out += [f"{path}.{k}: extra" for k in got if k not in want]
-        return out + [d for k in want if k in got for d in _differences(want[k], got[k], f"{path}.{k}")]
-    if isinstance(want, list) and isinstance(got, list):
-        if len(want) != len(got):
-            return [f"{path}: {len(want)} items != {len(got)}"]
-        return [d for i, (w, g) in enumerate(zip(want, got)) for d in _differences(w, g, f"{path}[{i}]")]
-    return [] if type(want) is type(got) and want == got else [f"{path}: {want!r} != {got!r}"]
+def _aliases(model) -> set[str]:
+    return {f.alias or n for n, f in model.model_fields.items()}
 
 
-def test_the_generated_crd_equals_the_hand_kept_one():
-    assert _differences(yaml.safe_load(CRD.read_text()), _generator().crd()) == []
+def test_checked_in_crds_and_chart_copies_are_the_generators_output(gen):
+    assert sorted(p.relative_to(ROOT).as_posix() for p in gen.outputs()) == [
+        "charts/quran-finetune/files/crds/quranfinetunecampaigns.quranft.io.yaml",
+        "charts/quran-finetune/files/crds/quranfinetunes.quranft.io.yaml",
+        "manifests/crd/quranfinetunecampaigns.quranft.io.yaml",
+        "manifests/crd/quranfinetunes.quranft.io.yaml"]
+    assert gen.stale() == [], "run python scripts/gen_crd.py"
+
+
+def test_a_hand_edit_of_any_copy_is_caught(gen, tmp_path, monkeypatch):
+    manifests, chart = tmp_path / "manifests", tmp_path / "chart"
+    for folder, source in ((manifests, gen.MANIFESTS), (chart, gen.CHART_CRDS)):
+        folder.mkdir()
+        for name in (gen.QFT_FILE, gen.CAMPAIGN_FILE):
+            shutil.copy(source / name, folder / name)
+    monkeypatch.setattr(gen, "MANIFESTS", manifests)
+    monkeypatch.setattr(gen, "CHART_CRDS", chart)
+    assert gen.stale() == []
+    edited = chart / gen.QFT_FILE
+    edited.write_text(edited.read_text().replace("maximum: 16\n", "maximum: 32\n", 1))
+    assert gen.stale() == [edited]
+    assert gen.main(["--check"]) == 1
+
+
+def test_schema_properties_are_the_models_fields():
+    props = schema()["properties"]
+    assert set(props["spec"]["properties"]) == _aliases(QuranFineTuneSpec)
+    assert set(props["status"]["properties"]) == _aliases(QuranFineTuneStatus)
+    assert props["spec"]["required"] == ["data", "training", "storage"]
+
+
+def test_data_and_training_are_the_trainers_models():
+    """The CRD's data/training models narrow the trainer's (quranft.trainer.config): same fields, same checks."""
+    spec_fields = QuranFineTuneSpec.model_fields
+    assert issubclass(spec_fields["data"].annotation, DataSpec)
+    assert issubclass(spec_fields["training"].annotation, TrainingSpec)
+    with pytest.raises(ConfigError, match="warmupSteps must be below maxSteps"):
+        parse_spec(body(spec_overrides={"training": {"baseModel": "tiny", "maxSteps": 5, "warmupSteps": 5}})["spec"])
+
+
+def test_model_defaults_are_the_crd_defaults():
+    """A spec defaulted by the API server (the CRD's defaults) and the same spec defaulted by the model agree, to
+    the nested sections ({} defaults filled in by their own fields' defaults)."""
+    minimal = {"data": {}, "training": {"baseModel": "tiny"}, "storage": {"size": "10Gi"}}
+    by_server = apply_defaults(schema()["properties"]["spec"], minimal)
+    assert QuranFineTuneSpec.model_validate(minimal).model_dump(by_alias=True, exclude_none=True) == by_server
+    assert parse_spec(by_server).model_dump(by_alias=True, exclude_none=True) == by_server
+
+
+def _example_specs():
+    for path in sorted(EXAMPLES.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "QuranFineTune":
+                yield pytest.param(doc["spec"], id=f"{path.stem}/{doc['metadata']['name']}")
+
+
+@pytest.mark.parametrize("spec", list(_example_specs()))
+def test_every_example_parses_as_stored(spec):
+    stored = apply_defaults(schema()["properties"]["spec"], spec)
+    assert parse_spec(stored).model_dump(by_alias=True, exclude_none=True) == stored
+
+
+def test_bad_specs_name_the_field():
+    spec = body()["spec"]
+    with pytest.raises(ConfigError, match=r"resources\.gpus: Input should be less than or equal to 16"):
+        parse_spec({**spec, "resources": {**spec["resources"], "gpus": 17}})
+    with pytest.raises(ConfigError, match=r"storage\.sizee: Extra inputs are not permitted"):
+        parse_spec({**spec, "storage": {"sizee": "1Gi"}})
+    with pytest.raises(ConfigError, match=r"training\.baseModel: Field required"):
+        parse_spec({**spec, "training": {"maxSteps": 40}})
