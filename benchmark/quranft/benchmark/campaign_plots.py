@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quranft.contract import workspace as layout
+
 from .campaign_report import Row
 from .report_files import BASELINE_COLOURS, LABELS
 from .verdict import PRIMARY_METRICS, display
 
-HISTORY_FILE = "progress_history.jsonl"
 METRICS_PNG = "metrics.png"
 CURVES_PNG = "curves.png"
 STOPPED_PHASES = ("Stopped", "Failed")
@@ -84,7 +85,7 @@ def wer_history_entries(history: Sequence[Any] | None) -> list[dict[str, Any]]:
 
 def load_curve(variant: str, child: str | None, workspace: Path, val_wer_history: Sequence[Any] | None,
                phase: str | None = None) -> Curve:
-    entries = read_progress_history(workspace / "runs" / child / HISTORY_FILE) if child else []
+    entries = read_progress_history(layout.progress_history_path(child, workspace)) if child else []
     loss, wer = series(entries, "loss"), series(entries, "valWer")
     source = "progress history" if entries else "none"
     if not wer[0] and val_wer_history:  # no validation in the history (or no history): the campaign's record

@@ -11,9 +11,10 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from quranft.contract.keys import CAMPAIGN_PLURAL, GROUP, VERSION
+
 from .campaign_report import CampaignInputError, format_table, rows_from_status
 
-GROUP, VERSION, PLURAL = "quranft.io", "v1alpha1", "quranfinetunecampaigns"
 
 Fetch = Callable[[str, str], Mapping[str, Any]]  # (namespace, name) -> the campaign object
 
@@ -87,7 +88,7 @@ def _fetch(namespace: str, name: str) -> Mapping[str, Any]:
         config.load_kube_config()
     with client.ApiClient() as api:
         try:
-            return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+            return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CAMPAIGN_PLURAL,
                                                                               name)
         except ApiException as exc:
             if exc.status == 404:

@@ -27,11 +27,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from quranft.contract import workspace as layout
+
 from .corpus import corpus_hash  # noqa: F401  (re-exported: results record corpus.hash)
 from .scoring import Verse, parse_verse
 
 CORPUS_FORMAT = 1  # bump when materialisation writes different bytes for the same spec
-CORPORA_DIR = "corpora"
 FILES_PER_FOLDER = 1000
 
 Log = Callable[[str], None]
@@ -342,7 +343,7 @@ def materialize(spec: CorpusSpec, workspace: str | Path, log: Log = print, *,
         return Materialized(Path(spec.path), None, True, 0)  # type: ignore[arg-type]
     key = spec_hash(spec)
     assert key is not None
-    root = Path(os.path.abspath(workspace)) / CORPORA_DIR
+    root = layout.corpora_root(os.path.abspath(workspace))
 
     def fill(build_dir: Path, _final_dir: Path) -> dict[str, Any]:  # manifest paths are relative
         return _build(spec, key, build_dir, workers=workers or default_workers(), log=log)

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from quranft.contract import workspace as layout
+
 SCHEMA = "quranft.io/lineage/v1"
-METADATA_FILE = "training_metadata.json"
 
 
 class LineageError(ValueError):
@@ -32,7 +33,7 @@ def promotion_id(campaign_uid: str | None, campaign_name: str, variant: str) -> 
 
 
 def read_training_metadata(workspace: Path, child: str) -> dict[str, Any]:
-    path = workspace / "runs" / child / METADATA_FILE
+    path = layout.training_metadata_path(child, workspace)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

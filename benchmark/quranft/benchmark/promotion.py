@@ -31,9 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from quranft.contract import workspace as layout
+from quranft.contract.workspace import LINEAGE_FILE, MODEL_FILE, RESULTS_FILE
 from quranft.trainer.errors import DataError
 
-MODEL_FILE, RESULTS_FILE, LINEAGE_FILE = "model.nemo", "results.json", "lineage.json"
 FILES = (MODEL_FILE, RESULTS_FILE, LINEAGE_FILE)
 HISTORY_DIR = "history"
 TMP_MARK = ".tmp-"
@@ -61,7 +62,7 @@ class Production:
 
 
 def production_dir(workspace: Path, campaign: str) -> Path:
-    return workspace / "models" / "production" / campaign
+    return layout.production_dir(campaign, workspace)
 
 
 def rfc3339(now: datetime) -> str:

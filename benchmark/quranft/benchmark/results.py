@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from quranft.contract.workspace import LATEST_RESULTS_FILE
+
 from .scoring import Verse, aggregate, parse_verses, score_sample
 
 TIMESTAMP_FORMAT = "%Y-%m-%d_%H%M%S"  # the team's file names: benchmark/results/2026-02-27_092540.json
@@ -140,7 +142,7 @@ def write_results(out_dir: str | Path, runs: list[dict[str, Any]], now: datetime
         path = out_dir / f"{stamp}-{n}.json"
         n += 1
     text = json.dumps(runs, ensure_ascii=False, indent=1)
-    for target in (path, out_dir / "latest.json"):
+    for target in (path, out_dir / LATEST_RESULTS_FILE):
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from quranft.contract.summaries import MAX_TERMINATION_BYTES as MAX_MESSAGE_BYTES
+
 if TYPE_CHECKING:  # paired.py (numpy, scipy) is imported when a judgement is made, not by `--help`
     from .paired import Comparison
 
@@ -51,7 +53,6 @@ PRIMARY_METRICS = ("recall", "precision", "sequenceAccuracy")
 RULES = ("paired", "threshold")
 DEFAULT_RESAMPLES = 2000  # paired.py's defaults (checked by a test; paired.py is imported lazily)
 DEFAULT_SEED = 0
-MAX_MESSAGE_BYTES = 4096
 _EPS = 1e-9  # so 0.86 - 0.87 compares as exactly one point
 
 
