@@ -73,9 +73,10 @@ def test_every_object_file_parses_with_kind_and_name():
 # ------------------------------------------------------------------------------------------ the real API server
 
 def _ensure_crd_and_system_namespace(cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                    str(MANIFESTS / "crd" / "quranfinetunes.quranft.io.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/quranfinetunes.quranft.io")
+    crds = sorted((MANIFESTS / "crd").glob("*.quranft.io.yaml"))  # QuranFineTune and QuranFineTuneCampaign
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", *(a for c in crds for a in ("-f", str(c))))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    *(f"crd/{c.name.removesuffix('.yaml')}" for c in crds))
     if cluster.kubectl("get", "namespace", "quranft-system", check=False).returncode != 0:
         cluster.kubectl("create", "namespace", "quranft-system", check=False)
 

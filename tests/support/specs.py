@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -11,6 +12,11 @@ CRD_PATH = ROOT / "manifests" / "crd" / "quranfinetunes.quranft.io.yaml"
 
 
 def crd() -> dict:
+    return copy.deepcopy(_crd())  # callers may change it
+
+
+@functools.lru_cache(maxsize=1)
+def _crd() -> dict:  # ~1,650 lines of YAML: parsed once per session, not per body()
     return yaml.safe_load(CRD_PATH.read_text())
 
 
