@@ -383,3 +383,13 @@ def test_created_claim_takes_its_access_modes_from_the_spec():
     assert builders.build_pvc(b["spec"], b["metadata"])["spec"]["accessModes"] == ["ReadWriteMany"]
     b = body(spec_overrides={"storage": {"size": "10Gi"}})
     assert builders.build_pvc(b["spec"], b["metadata"])["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_a_path_corpus_stored_with_the_dataset_defaults_is_still_a_path():
+    # The API server fills source/split/audioColumn defaults into benchmark.corpus even when only path is set.
+    command = _job("benchmark", benchmark={"corpus": {"path": "/workspace/clips"}})[
+        "spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--corpus") + 1] == "/workspace/clips" and "--corpus-spec" not in command
+    spec = _job("benchmark", benchmark={"corpus": {"source": "local", "localPath": "/workspace/ds", "split": "test"}})[
+        "spec"]["template"]["spec"]["containers"][0]["command"]
+    assert json.loads(spec[spec.index("--corpus-spec") + 1])["localPath"] == "/workspace/ds"

@@ -273,7 +273,9 @@ def benchmark_args(spec: Mapping[str, Any], meta: Mapping[str, Any], model_path:
     training = spec.get("training") or {}
     name = meta["name"]
     corpus = dict(bench.get("corpus") or {"path": bench.get("corpusPath", str(layout.default_corpus_dir()))})
-    if set(corpus) == {"path"}:
+    # A path corpus as the API server stores it also carries the dataset fields' defaults (source, split,
+    # audioColumn): the path alone decides.
+    if corpus.get("path"):
         corpus_args = ["--corpus", corpus["path"]]
     else:  # a dataset split: the benchmark prepares it once under <workspace>/corpora/<hash>/
         corpus_args = ["--corpus-spec", json.dumps(corpus, sort_keys=True, separators=(",", ":"))]
