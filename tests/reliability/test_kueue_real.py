@@ -233,7 +233,10 @@ def test_second_run_waits_for_the_only_gpu_then_both_succeed(kueue, gpu_queue, e
     assert _train_job(env, "first").status.completion_time is None, "the first finished before the check"
     print(f"\nsecond run Queued; Kueue's Workload {wl['metadata']['name']}: {reserved['reason']}: "
           f"{reserved['message']}")
-    operator_says = condition(env.get("second"), "QuotaAdmitted")
+    # The operator reads the same Workload: Kueue's reason is in the run's own condition.
+    operator_says = runs.wait(lambda o: (c := condition(o["second"], "QuotaAdmitted")) and "nvidia.com/gpu"
+                              in c["message"] and c, 30, "Kueue's reason in the second run's QuotaAdmitted")
+    assert operator_says["reason"] == "WaitingForKueue" and "Kueue" in operator_says["message"], operator_says
     print(f"operator's condition: {operator_says}")
 
     finals = runs.wait(lambda o: len(o) == 2 and all(_phase(r) in ("Succeeded", "Failed") for r in o.values()) and o,
@@ -248,20 +251,12 @@ def test_second_run_waits_for_the_only_gpu_then_both_succeed(kueue, gpu_queue, e
 
 
 @pytest.fixture
-def priority_classes(installed):
-    """Pod PriorityClasses Kueue reads as workload priorities (preemptionPolicy Never: kube-scheduler itself
-    never preempts for them; the node has room for both pods, only the queue's quota is short)."""
-    sched = client.SchedulingV1Api(installed.api_client())
-    names = {"qft-kueue-low": 100, "qft-kueue-high": 1000}
-    for name, value in names.items():
-        try:
-            sched.create_priority_class({"metadata": {"name": name}, "value": value, "preemptionPolicy": "Never"})
-        except client.ApiException as err:
-            if err.status != 409:
-                raise
-    yield names
-    for name in names:
-        sched.delete_priority_class(name)
+def priority_classes(kueue, cluster):
+    """The examples' WorkloadPriorityClasses (Kueue-only priorities: kube-scheduler never sees them, the node has
+    room for both pods, only the queue's quota is short); spec.queuePriorityClass names them."""
+    docs = [d for d in _docs(EXAMPLES / "cluster-queue.yaml") if d["kind"] == "WorkloadPriorityClass"]
+    _apply(cluster, docs)
+    return {d["metadata"]["name"]: d["value"] for d in docs}
 
 
 def test_higher_priority_run_preempts_a_training_which_resumes(kueue, gpu_queue, env, priority_classes):
@@ -270,15 +265,15 @@ def test_higher_priority_run_preempts_a_training_which_resumes(kueue, gpu_queue,
     runs = PhaseLog(env, ("background", "urgent"))
     low = stub_commands()
     low["train"] = ["python", "-c", RESUMABLE_TRAIN, "60", "30"]
-    env.create(resource("background", gpus=1, queueName=QUEUE, commands=low,
-                        resources={"gpus": 1, "cpu": "100m", "memory": "256Mi", "priorityClassName": "qft-kueue-low"}))
+    assert priority_classes["quranft-urgent"] > priority_classes["quranft-background"]
+    env.create(resource("background", gpus=1, queueName=QUEUE, commands=low, queuePriorityClass="quranft-background"))
 
     def progress_at_least(n):
         return lambda objs: (((objs["background"].get("status") or {}).get("progress") or {}).get("step") or 0) >= n
     runs.wait(progress_at_least(3), 90, "the background run to train a few steps")
     bg_job = _train_job(env, "background")
     env.create(resource("urgent", gpus=1, queueName=QUEUE, commands=stub_commands(train_seconds=2),
-                        resources={"gpus": 1, "cpu": "100m", "memory": "256Mi", "priorityClassName": "qft-kueue-high"}))
+                        queuePriorityClass="quranft-urgent"))
 
     # Kueue evicts the background training (its Workload: Evicted, reason Preempted) and suspends its Job.
     def evicted(objs):
@@ -288,9 +283,12 @@ def test_higher_priority_run_preempts_a_training_which_resumes(kueue, gpu_queue,
     ev = runs.wait(evicted, 60, "Kueue to preempt the background training")
     assert ev["reason"] == "Preempted", ev
     print(f"\nKueue evicted the background training: {ev['reason']}: {ev['message']}")
-    queued = runs.wait(lambda o: _phase(o["background"]) == "Queued" and o["background"], 30,
-                       "the preempted run to show Queued")
-    print(f"preempted run: phase Queued, QuotaAdmitted={condition(queued, 'QuotaAdmitted')}")
+    queued = runs.wait(lambda o: _phase(o["background"]) == "Queued" and (c := condition(o["background"],
+                       "Preempted")) and c["status"] == "True" and o["background"], 30,
+                       "the preempted run to show Queued with a Preempted condition")
+    preempted = condition(queued, "Preempted")
+    assert preempted["reason"] == "PreemptedByKueue" and ev["message"] in preempted["message"], preempted
+    print(f"preempted run: phase Queued, Preempted={preempted}")
 
     finals = runs.wait(lambda o: len(o) == 2 and all(_phase(r) in ("Succeeded", "Failed") for r in o.values()) and o,
                        150, "both runs to finish")
@@ -313,3 +311,4 @@ def test_higher_priority_run_preempts_a_training_which_resumes(kueue, gpu_queue,
     print(f"background resumed from step {summary['resumedFromStep']} (resumeCount {status.get('resumeCount')}, "
           f"train Job failed={bg.status.failed or 0}); phases {runs.seen}; "
           f"Preempted condition: {condition(finals['background'], 'Preempted')}")
+    assert condition(finals["background"], "Preempted")["reason"] == "Readmitted"
