@@ -23,9 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "quranft.io", "v1alpha1", "quranfinetunes"
 STUB_IMAGE = "ghcr.io/quran-finetune/stub-stage:test"
 
-# A fast fake stage honouring the contract: progress lines, the termination-message JSON, exit codes.
+# A fast fake stage honouring the contract: progress lines, the termination-message JSON, exit codes. It imports
+# the contract's pure-stdlib modules (not pydantic: scale tests start thousands of these), so every stub pod also
+# proves that the embedded cluster's pods can import quranft.contract.
 STUB = r"""
 import json, sys, time
+from quranft.contract.exits import REASON_BY_EXIT
+from quranft.contract.workspace import data_dir, model_path
 stage, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 steps = 10
 for i in range(1, steps + 1):
@@ -34,13 +38,13 @@ for i in range(1, steps + 1):
         print("QURANFT_PROGRESS " + json.dumps({"step": i, "maxSteps": steps, "loss": round(1.0 / i, 3),
               "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), flush=True)
 if code:
-    msg = {"ok": False, "stage": stage, "reason": {2: "ConfigError", 3: "DataError"}.get(code, "TrainingError"),
+    msg = {"ok": False, "stage": stage, "reason": REASON_BY_EXIT.get(code, "TrainingError"),
            "message": "stub failure with exit code %d" % code}
 elif stage == "prepare":
-    msg = {"ok": True, "stage": "prepare", "dataSpecHash": "stub", "dataDir": "/workspace/data/stub",
+    msg = {"ok": True, "stage": "prepare", "dataSpecHash": "stub", "dataDir": str(data_dir("stub")),
            "reused": False, "stats": {"train": 8, "val": 2}}
 elif stage == "train":
-    msg = {"ok": True, "stage": "train", "step": steps, "modelPath": "/workspace/runs/stub/model.nemo",
+    msg = {"ok": True, "stage": "train", "step": steps, "modelPath": str(model_path("stub")),
            "sizeBytes": 1234, "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1, "valWer": 0.2,
            "resumedFromStep": None}
 else:
