@@ -27,6 +27,10 @@ class StageSummary(BaseModel):
     ok: bool
     stage: str
 
+    def model_post_init(self, context: Any) -> None:
+        # Every summary names its outcome and stage, also when they came from a subclass's default.
+        self.__pydantic_fields_set__.update({"ok", "stage"})
+
     def wire(self) -> dict[str, Any]:
         """The JSON document: camelCase keys, every field that was set (None included), extras last."""
         return self.model_dump(by_alias=True, exclude_unset=True)

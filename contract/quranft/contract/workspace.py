@@ -23,6 +23,7 @@ LATEST_RESULTS_FILE = "latest.json"
 PROGRESS_FILE = "progress.json"
 PROGRESS_HISTORY_FILE = "progress_history.jsonl"
 TRAINING_METADATA_FILE = "training_metadata.json"
+REFOLDED_MANIFESTS_DIR = "manifests"  # in a run's directory
 
 
 # --- runs/<name>/: one run's own files ----------------------------------------------------------------------
@@ -57,7 +58,7 @@ def training_metadata_path(name: str, workspace: StrPath = WORKSPACE) -> Path:
 
 def refolded_manifests_dir(name: str, workspace: StrPath = WORKSPACE) -> Path:
     """Manifests refolded for this run's tokenizer, when the prepared data was folded for another one."""
-    return run_dir(name, workspace) / "manifests"
+    return run_dir(name, workspace) / REFOLDED_MANIFESTS_DIR
 
 
 def benchmark_dir(name: str, workspace: StrPath = WORKSPACE) -> Path:

@@ -192,7 +192,8 @@ def decide_promotion(variants: list[Mapping[str, Any]], policy: str, manual: str
             return {"variant": None, "reason": "InvalidPromotion",
                     "message": f"{manual} ended {chosen.get('phase')}: only a benchmarked variant can be promoted"}
         return {"variant": manual, "reason": "Promoted",
-                "message": f"{manual} promoted by the {PROMOTE_ANNOTATION} annotation (verdict {chosen.get('verdict')})"}
+                "message": f"{manual} promoted by the {PROMOTE_ANNOTATION} annotation "
+                           f"(verdict {chosen.get('verdict')})"}
     improving = [v for v in variants if v.get("phase") == "Succeeded" and v.get("verdict") == "improvement"]
     if not improving:
         return {"variant": None, "reason": "NoImprovement",

@@ -258,7 +258,8 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu", "parameters": params,
             "data": {**counts, "stats": read_stats(data_dir)}, "finalLosses": losses,
             "wallTimeSeconds": round(wall, 2), "versions": versions()}
-    layout.training_metadata_path(cfg.run.name, cfg.run.workspace).write_text(json.dumps(meta, ensure_ascii=False, indent=2, default=str))
+    layout.training_metadata_path(cfg.run.name, cfg.run.workspace).write_text(
+        json.dumps(meta, ensure_ascii=False, indent=2, default=str))
     log(f"train: done in {wall:.0f}s, step {trainer.global_step}, loss {losses.get('total')}, "
         f"val WER {telemetry.val_wer}; {model_path}")
     return summary
