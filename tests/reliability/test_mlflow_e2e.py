@@ -66,7 +66,7 @@ def test_cpu_stub_run_is_tracked_and_succeeds_with_a_warning_when_mlflow_stops(i
     env = Env(cluster, namespace, tmp_path)
     demo_log = tmp_path / "demo.log"
     pyenv = dict(os.environ, QURANFT_OPERATOR_MLFLOW_TRACKING_URI=uri,
-                 PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("operator", "trainer", "benchmark")))
+                 PYTHONPATH=os.pathsep.join(str(ROOT / d) for d in ("contract", "operator", "trainer", "benchmark")))
     with open(demo_log, "w") as out:
         demo = subprocess.Popen([sys.executable, "-m", "quranft.cli", "demo", "--namespace", namespace,
                                  "--example", str(EXAMPLE), "--timeout", "900"],

@@ -38,7 +38,7 @@ from quranft.cluster import mlflow_addon  # noqa: E402
 from quranft.trainer.tracking import CLIENT_ENV  # noqa: E402
 
 NAMESPACE = "tests"  # run_config's namespace: the experiment when MLFLOW_EXPERIMENT_NAME is unset
-SOURCE_ROOTS = [ROOT / "operator", ROOT / "trainer", ROOT / "benchmark"]
+SOURCE_ROOTS = [ROOT / d for d in ("contract", "operator", "trainer", "benchmark")]
 
 
 @pytest.fixture(scope="module")
