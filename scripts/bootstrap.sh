@@ -46,6 +46,9 @@ log "cluster binaries in $bin"
 # Real Kueue (issue 17) from its Go module, cached the same way; tests/reliability/test_kueue_real.py runs it.
 kueue_bin="$("$root/tests/cluster/kueue/build.sh" | tail -n 1)"
 log "kueue manager in $kueue_bin"
+# The MLflow tracking server (issue 17) in its own venv (its pins are not the trainer's); the client is in the lock.
+mlflow_bin="$("$root/scripts/mlflow_venv.sh" | tail -n 1)"
+log "mlflow server in $mlflow_bin"
 echo "export QURANFT_VENV=$venv"
 echo "export QURANFT_K8S_BIN=$bin"
 echo "export PATH=$venv/bin:$bin:\$PATH"

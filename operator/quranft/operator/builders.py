@@ -34,6 +34,7 @@ from quranft.contract.keys import (  # noqa: F401  (label and annotation names a
 )
 from quranft.contract.workspace import CONFIG_DIR, CONFIG_FILE, CONFIG_KEY, WORKSPACE  # noqa: F401
 from quranft.trainer.config import ConfigError, RunConfig, data_spec_hash, format_validation_error
+from quranft.trainer.tracking import CLIENT_ENV as MLFLOW_CLIENT_ENV
 
 from .settings import OperatorSettings
 
@@ -346,6 +347,23 @@ def _env(meta: Mapping[str, Any], container: str) -> list[dict[str, Any]]:
     ]
 
 
+def tracking_env(meta: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """MLflow for a stage pod (quranft.trainer.tracking): the server, the experiment, the resource's uid (which
+    names its one MLflow run), the client's short retries and timeout, and the credentials as secret references
+    (never values). Nothing without settings.mlflow_tracking_uri."""
+    if not settings.mlflow_tracking_uri:
+        return []
+    env = [{"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri},
+           {"name": "MLFLOW_EXPERIMENT_NAME", "value": settings.mlflow_experiment or meta["namespace"]},
+           {"name": "QURANFT_NAMESPACE", "value": meta["namespace"]},
+           {"name": "QURANFT_RUN_UID", "value": str(meta.get("uid") or "")}]
+    env += [{"name": k, "value": v} for k, v in sorted(MLFLOW_CLIENT_ENV.items())]
+    if settings.mlflow_credentials_secret:
+        env += [{"name": f"MLFLOW_TRACKING_{key.upper()}", "valueFrom": {"secretKeyRef": {
+            "name": settings.mlflow_credentials_secret, "key": key}}} for key in ("username", "password")]
+    return env
+
+
 RESTRICTED_CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
@@ -370,7 +388,7 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
         "image": stage_image(spec, stage, settings),
         "imagePullPolicy": images.get("pullPolicy") or settings.image_pull_policy,
         "command": stage_command(stage, spec, meta, settings, **bench_kwargs),
-        "env": _env(meta, stage),
+        "env": _env(meta, stage) + tracking_env(meta, settings),
         "resources": _resources(spec, stage),
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE},

@@ -62,10 +62,10 @@ def input_config_map(meta: Mapping[str, Any], kind: str, doc: Mapping[str, Any])
 
 
 def _container(name: str, image: str, pull_policy: str, command: list[str], cpu: str, memory: str,
-               mounts: list[dict[str, Any]]) -> dict[str, Any]:
+               mounts: list[dict[str, Any]], env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "name": name, "image": image, "imagePullPolicy": pull_policy, "command": command,
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, *(env or [])],
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
         "securityContext": copy.deepcopy(builders.RESTRICTED_CONTAINER_SECURITY),
@@ -119,7 +119,9 @@ def report_job(spec: CampaignSpec, meta: Mapping[str, Any], kind: str, settings:
         kind, report_image(spec, settings), images.get("pullPolicy") or settings.image_pull_policy,
         report_command(meta, settings), "1", "2Gi",
         [{"name": "workspace", "mountPath": WORKSPACE},
-         {"name": "input", "mountPath": INPUT_DIR, "readOnly": True}])
+         {"name": "input", "mountPath": INPUT_DIR, "readOnly": True}],
+        # MLflow: the report registers a promoted model (benchmark/registry.py) when tracking is configured.
+        env=builders.tracking_env(meta, settings))
     volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name(spec, meta["name"])}},
                {"name": "input", "configMap": {"name": input_name(meta["name"], kind)}}]
     return _job(job_name(meta["name"], kind), meta, kind, container, volumes, backoff=2, placement=_placement(spec))

@@ -563,6 +563,11 @@ class BenchmarkStatus(_Model):
         "Batched transcription speed: clipsPerSecond, rtfx (audio seconds per second), batchSize.")
 
 
+class TrackingStatus(_Model):
+    run_id: str | None = Field(None, description="MLflow run id: the training and the benchmark log into it.")
+    uri: str | None = Field(None, description="Tracking server (credentials removed).")
+
+
 class Condition(_Model):
     type: str = Field(description="Condition type.")
     status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
@@ -584,6 +589,8 @@ class QuranFineTuneStatus(_Model):
         "training finished; terminal like Succeeded and Failed."))
     verdict: Literal["improvement", "regression", "neutral"] | None = Field(
         None, description="Benchmark verdict against the baseline.")
+    tracking: TrackingStatus | None = Field(None, description=(
+        "The resource's MLflow run (operator setting mlflow_tracking_uri, Helm mlflow.trackingUri)."))
     resume_count: int | None = Field(None, description=(
         "Times the training pod (of a multi-node run: the group) was restarted (resumed from its checkpoint)."))
     training_pods: list[str] | None = Field(None, max_length=100, description=(

@@ -34,6 +34,10 @@ class OperatorSettings(BaseModel):
     # Cluster-wide placement of GPU training pods (Helm `workloads.gpu`), merged under each run's own.
     gpu_node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels GPU pods must match.")
     gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Extra tolerations of GPU pods.")
+    # MLflow (Helm `mlflow.*`; quranft.trainer.tracking): every stage pod logs into its resource's MLflow run.
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking server given to every stage pod (empty: no tracking).")
+    mlflow_credentials_secret: str = Field("", description="Secret in each run's namespace with keys username and password for the MLflow server.")
+    mlflow_experiment: str = Field("", description="MLflow experiment of every run (empty: the run's namespace).")
     # Tests only: per-resource command overrides through annotations (see builders.COMMAND_ANNOTATION).
     allow_command_overrides: bool = False
     # Per-stage command overrides for every resource, e.g. {"train": ["python", "-c", "..."]}.

@@ -29,7 +29,8 @@ PERMANENT_WAIT_REASONS = {"InvalidImageName", "ErrImageNeverPull"}
 # Bounds status.trainingPods (a run evicted more often than this counts further by the Job's failures only).
 MAX_TRAINING_PODS = 100
 # Conditions that call for the user's attention are emitted as Warning events.
-WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted", "BenchmarkLeakage"}
+WARNING_CONDITIONS = {"Failed", "QuotaExceeded", "StartupBlocked", "Preempted", "BenchmarkLeakage",
+                      "TrackingDegraded"}
 # The benchmark summary's keys kept in status.benchmark (docs/contracts.md, benchmark termination message).
 BENCHMARK_STATUS_KEYS = ("metrics", "baseline", "deltas", "targets", "resultsPath", "reportPath", "reason", "rule",
                          "verdictHead", "primaryMetric", "intervals", "display", "sequenceTest", "requiredClips",
@@ -504,6 +505,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
                 return p.done()
             summary, _ = parse_summary(pod.message if pod else None)
             _training_summary(p, summary)
+            _tracking(p, "train", summary)
             p.training_clock(job.completion_time or obs.now)
             p.new["model"] = _model(spec, meta, summary)
             if p.new.get("progress"):
@@ -552,6 +554,7 @@ def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str
 
 
 def _verdict(p: _Pass, summary: Mapping[str, Any]) -> Derived:
+    _tracking(p, "benchmark", summary)
     verdict = str(summary.get("verdict"))
     p.new["verdict"] = verdict
     bench = {k: summary[k] for k in BENCHMARK_STATUS_KEYS if summary.get(k) is not None}
@@ -657,6 +660,26 @@ def _training_started(p: _Pass, job: JobView) -> None:
     if job.attempt > int(training.get("groupRestarts") or 0):  # a restart whose status write was lost
         training["groupRestarts"] = job.attempt
         training["groupFailures"] = max(job.group_failures, int(training.get("groupFailures") or 0))
+
+
+def _tracking(p: _Pass, stage: str, summary: Mapping[str, Any] | None) -> None:
+    """status.tracking {runId, uri} from a stage summary's `tracking` (quranft.trainer.tracking); the warning
+    condition TrackingDegraded when the stage could not log everything. It is never set back to False: the
+    MLflow run misses that stage's data for good. The run itself goes on."""
+    tracking = (summary or {}).get("tracking")
+    if not isinstance(tracking, Mapping):
+        return
+    status = p.new.setdefault("tracking", {})
+    for key in ("runId", "uri"):
+        if tracking.get(key):
+            status[key] = str(tracking[key])
+    if tracking.get("ok") is False:
+        lost = tracking.get("lostSeconds")
+        p.cond("TrackingDegraded", True, "TrackingDegraded",
+               f"the {stage} stage could not log everything to MLflow"
+               + (f" (its run {tracking['runId']} misses data)" if tracking.get("runId") else " (no run)")
+               + (f"; {lost} s lost to failed calls" if lost else "")
+               + f": {_clip(str(tracking.get('error') or 'unknown error'), 300)}")
 
 
 def _training_summary(p: _Pass, summary: Mapping[str, Any] | None) -> None:

@@ -112,6 +112,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
                                              resolve_backend)
     from quranft.trainer.doctor import check_mode
     from quranft.trainer.metrics import ProgressReporter, TrainingMetrics, metric_labels
+    from quranft.trainer.tracking import training_tracker
 
     t, dist = cfg.training, cfg.distributed
     started = time.monotonic()
@@ -190,11 +191,13 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
     group = ddp.GroupSync() if place.distributed else None
     if writer:
         telemetry = Telemetry(progress, metrics, t.max_steps, world_size=place.world_size, group=group)
+    # MLflow (when MLFLOW_TRACKING_URI is set): rank 0 logs into the resource's run; never fails training.
+    tracker = training_tracker(cfg, world_size=place.world_size, log=log) if writer else None
     checkpoint = StepCheckpoint(ckpt_dir, t.checkpoint_every_n_steps, log=log, writer=writer,
                                 on_saved=progress.checkpoint_saved if progress else None)
     # group before telemetry (it reads the averaged losses); checkpoint before telemetry: the progress line of a
     # step that saved one already names it.
-    own = [KeepFrozenInEval(frozen), group, checkpoint, telemetry]
+    own = [KeepFrozenInEval(frozen), group, checkpoint, telemetry, tracker]
     trainer = Trainer(
         accelerator="gpu" if cuda else "cpu", precision=precision, max_steps=t.max_steps,
         accumulate_grad_batches=t.grad_accum, gradient_clip_val=t.gradient_clip_val or None,
@@ -254,12 +257,13 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
         sha256=sha256_file(model_path), data_spec_hash=data_spec_hash(cfg.data), final_loss=losses.get("total"),
         val_wer=telemetry.val_wer, resumed_from_step=resumed_from, world_size=place.world_size,
         global_batch_size=global_batch, nodes=place.nodes, devices_per_node=place.devices_per_node).wire()
+    if tracker is not None:
+        summary["tracking"] = tracker.summary()
     meta = {**summary, "config": json.loads(dump_config(cfg)), "precision": precision, "numWorkers": workers,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu", "parameters": params,
             "data": {**counts, "stats": read_stats(data_dir)}, "finalLosses": losses,
             "wallTimeSeconds": round(wall, 2), "versions": versions()}
-    layout.training_metadata_path(cfg.run.name, cfg.run.workspace).write_text(
-        json.dumps(meta, ensure_ascii=False, indent=2, default=str))
+    layout.training_metadata_path(cfg.run.name, cfg.run.workspace).write_text(json.dumps(meta, ensure_ascii=False, indent=2, default=str))
     log(f"train: done in {wall:.0f}s, step {trainer.global_step}, loss {losses.get('total')}, "
         f"val WER {telemetry.val_wer}; {model_path}")
     return summary
