@@ -107,7 +107,7 @@ def test_stage_pod_runs_the_project_from_a_checkout_under_tmp(namespace, cluster
             f"{tmp_checkout}/operator/quranft/cluster/__init__.py",
             str(sorted([tmp_checkout.name, "scratch"])),
             # The runtime's paths only: source roots and the agent's `quranft` shim (in its state dir).
-            str(["benchmark", "operator", "state", "trainer"]),
+            str(["benchmark", "contract", "operator", "state", "trainer"]),
             '{"a": 1}']
         assert (state / "pods" / uid / "volumes" / "tmp" / "scratch").read_text() == "in the emptyDir"
     finally:
