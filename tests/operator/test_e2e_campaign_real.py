@@ -35,7 +35,13 @@ BUSY = ("PreparingData", "Training")
 
 def test_cpu_stub_campaign_shares_data_stops_the_diverging_variant_and_promotes_a_real_improvement(
         cluster, namespace, tmp_path):
-    spec = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "QuranFineTuneCampaign")
+    # The example with half the steps (CI time): validation every 10 steps, early stopping from step 20.
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    spec = next(d for d in docs if d["kind"] == "QuranFineTuneCampaign")
+    spec["spec"]["template"]["training"].update(maxSteps=60, valCheckInterval=10, checkpointEveryNSteps=30)
+    spec["spec"]["earlyStopping"]["minStep"] = 20
+    example = tmp_path / "campaign.yaml"
+    example.write_text(yaml.safe_dump_all(docs))
     name, parallelism = spec["metadata"]["name"], spec["spec"]["parallelism"]
     max_steps = spec["spec"]["template"]["training"]["maxSteps"]
     env = Env(cluster, namespace, tmp_path)
@@ -60,7 +66,7 @@ def test_cpu_stub_campaign_shares_data_stops_the_diverging_variant_and_promotes_
     try:
         with open(demo_log, "w") as out:
             done = subprocess.run([sys.executable, "-m", "quranft.cli", "demo", "--namespace", namespace,
-                                   "--example", str(EXAMPLE), "--timeout", "1200"],
+                                   "--example", str(example), "--timeout", "1200"],
                                   env=pyenv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=1500)
         print(demo_log.read_text()[-4000:])
         assert done.returncode == 0, demo_log.read_text()[-4000:]
@@ -87,7 +93,7 @@ def test_cpu_stub_campaign_shares_data_stops_the_diverging_variant_and_promotes_
     preparers = sorted(n for n, c in children.items() if (c["status"].get("jobs") or {}).get("prepare"))
     assert len(preparers) == 2 and "fewer-samples" in preparers, preparers
     reused = {n: c["status"]["data"].get("reusedFrom") for n, c in children.items() if n not in preparers}
-    assert set(reused.values()) <= set(preparers) and None not in reused.values(), reused
+    assert set(reused.values()) <= {children[n]["metadata"]["name"] for n in preparers}, reused
 
     # Early stopping: before maxSteps, with its last metrics kept.
     stopped = children["absurd-lr"]["status"]
