@@ -35,13 +35,9 @@ BUSY = ("PreparingData", "Training")
 
 def test_cpu_stub_campaign_shares_data_stops_the_diverging_variant_and_promotes_a_real_improvement(
         cluster, namespace, tmp_path):
-    # The example with half the steps (CI time): validation every 10 steps, early stopping from step 20.
-    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-    spec = next(d for d in docs if d["kind"] == "QuranFineTuneCampaign")
-    spec["spec"]["template"]["training"].update(maxSteps=60, valCheckInterval=10, checkpointEveryNSteps=30)
-    spec["spec"]["earlyStopping"]["minStep"] = 20
-    example = tmp_path / "campaign.yaml"
-    example.write_text(yaml.safe_dump_all(docs))
+    # The example as shipped: with half its steps the tiny models barely learn and absurd-lr is not yet stopped.
+    example = EXAMPLE
+    spec = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "QuranFineTuneCampaign")
     name, parallelism = spec["metadata"]["name"], spec["spec"]["parallelism"]
     max_steps = spec["spec"]["template"]["training"]["maxSteps"]
     env = Env(cluster, namespace, tmp_path)
