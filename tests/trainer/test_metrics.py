@@ -94,3 +94,17 @@ def test_port_zero_disables_the_endpoint():
     assert metrics.start() == 0
     metrics.update(step=1)
     metrics.stop()
+
+
+def test_a_busy_metrics_port_does_not_fail_training():
+    import socket
+
+    from quranft.trainer.metrics import TrainingMetrics
+
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        metrics = TrainingMetrics({"namespace": "ns", "run": "r"}, busy)
+        assert metrics.start() == 0  # no endpoint, no exception
+        metrics.stop()

@@ -49,9 +49,21 @@ class TrainingMetrics:
         """Serve /metrics; returns the bound port (useful when configured as an ephemeral one)."""
         if self.port == 0:
             return 0
+        import errno
+        import logging
+
         from prometheus_client import start_http_server
 
-        self._server, _ = start_http_server(self.port, registry=self.registry)
+        try:
+            self._server, _ = start_http_server(self.port, registry=self.registry)
+        except OSError as exc:
+            # A busy port must not fail training: the embedded cluster's pods share the host's network, so a
+            # replacement pod can start while its predecessor (or another run's trainer) still holds the port.
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            logging.getLogger(__name__).warning("metrics port %d is in use (%s): training goes on without "
+                                                "/metrics", self.port, exc)
+            return 0
         return self._server.server_address[1]
 
     def stop(self) -> None:
