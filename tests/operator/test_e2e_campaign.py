@@ -81,7 +81,7 @@ def bench(verdict: str, recall: float, corpus: str = "corpus-1") -> list[str]:
 
 
 def campaign_body(name: str, variants: list[dict], verdicts: dict[str, tuple], train_seconds: float = 3.0,
-                  report_stub: bool = True, **spec) -> dict:
+                  report_stub: bool = True, data_path: str = "/workspace/synth", **spec) -> dict:
     commands = stub_commands(train_seconds=train_seconds)
     if report_stub:
         commands["report"] = ["python", "-c", REPORT_STUB]
@@ -90,7 +90,7 @@ def campaign_body(name: str, variants: list[dict], verdicts: dict[str, tuple], t
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "QuranFineTuneCampaign",
         "metadata": {"name": name, "annotations": {COMMAND_ANNOTATION: json.dumps(commands),
                                                    VARIANT_COMMANDS_ANNOTATION: json.dumps(per_variant)}},
-        "spec": {"template": {"data": {"source": "local", "localPath": "/workspace/synth"},
+        "spec": {"template": {"data": {"source": "local", "localPath": data_path},
                               "training": {"baseModel": "tiny", "maxSteps": 10},
                               "storage": {"existingClaim": "ws"},
                               "resources": {"gpus": 0, "cpu": "100m", "memory": "256Mi"},
@@ -305,7 +305,9 @@ def test_parallelism_promotion_of_the_improving_variant_and_one_signed_webhook(c
         # files are needed): the controller's input is what the report's parser accepts.
         none_improve = campaign_body("flat", [{"name": "x"}, {"name": "y"}],
                                      {"x": ("neutral", 0.9), "y": ("regression", 0.3)}, parallelism=2,
-                                     report_stub=False)
+                                     # its own data spec: sharing win's, either campaign's child could prepare
+                                     # first and win's prepared-count check would depend on the race
+                                     report_stub=False, data_path="/workspace/synth-flat")
         started = time.monotonic()
         with ChildWatcher(camp, "win") as watcher:
             env.start_operator()
