@@ -72,6 +72,16 @@ def kueue(cluster):
     yield handle
     if running is None:
         addon.stop(cluster.state_dir, log=print)
+        # Kueue's Job webhooks have failurePolicy Fail: one left behind (stop's own delete can miss under load)
+        # refuses every later Job of the session. Delete through the session's handle until they are gone.
+        for _ in range(20):
+            addon.remove_webhooks(cluster)
+            left = cluster.kubectl("get", "validatingwebhookconfiguration", addon.VALIDATING, check=False)
+            if left.returncode != 0:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"Kueue's webhook configuration {addon.VALIDATING} could not be removed")
 
 
 # --------------------------------------------------------------------------------------------- helpers
