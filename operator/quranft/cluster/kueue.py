@@ -411,5 +411,7 @@ def _stop_locked(paths: _Paths) -> bool:
 
 
 def remove_webhooks(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "mutatingwebhookconfiguration", MUTATING,
-                    "validatingwebhookconfiguration", VALIDATING, check=False)
+    # type/name pairs: `delete TYPE A TYPE2 B` would read TYPE2 and B as more names of TYPE, and the validating
+    # configuration (failurePolicy Fail) stayed behind, refusing every later Job.
+    cluster.kubectl("delete", "--ignore-not-found", f"mutatingwebhookconfiguration/{MUTATING}",
+                    f"validatingwebhookconfiguration/{VALIDATING}", check=False)
