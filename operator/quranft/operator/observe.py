@@ -33,6 +33,7 @@ class PodView:
     disrupted: bool = False  # DisruptionTarget condition: preemption, eviction, node drain
     job_uid: str = ""  # the Job that created it (a same-named Job of a deleted resource has another uid)
     unschedulable: str | None = None  # the scheduler's message while PodScheduled is False
+    scheduled: datetime | None = None  # when PodScheduled turned True: a placed pod's start-up clock starts here
     completion_index: int | None = None  # rank of the pod in an Indexed (multi-node) Job; None otherwise
 
 
@@ -80,6 +81,8 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and \
                 cond.get("reason") == "Unschedulable":
             view["unschedulable"] = cond.get("message") or "Unschedulable"
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
+            view["scheduled"] = parse_time(cond.get("lastTransitionTime"))
     statuses = status.get("containerStatuses") or []
     if statuses:
         state = statuses[0].get("state") or {}

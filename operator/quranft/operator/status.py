@@ -232,7 +232,10 @@ def _pod_startup_problem(pod: PodView, now: datetime, deadline_s: int | None, im
             + "; set spec.startupDeadlineSeconds to give up after a while)"
     else:
         limit, setting = default_deadline_s, "the operator's start-up deadline"
-    age = (now - pod.created).total_seconds() if pod.created else 0.0
+    # spec.startupDeadlineSeconds counts every wait, scheduling included; the operator's deadlines count the waits
+    # after placement, so a pod that waited for a GPU still gets them once placed.
+    since = pod.created if deadline_s is not None else (pod.scheduled or pod.created)
+    age = (now - since).total_seconds() if since else 0.0
     expired = limit is not None and age > limit
     if not reason and not expired:
         return None
