@@ -1,19 +1,45 @@
-"""kopf wiring: indexes of our children, and handlers that observe -> derive (status.py) -> apply.
+"""kopf wiring: indexes of our children, and one pass loop per QuranFineTune: observe -> derive (status.py) -> apply.
 
-Handlers stay thin: all decisions are in `status.derive` (pure); this module only gathers observations
-from kopf's in-memory indexes (filled from watches, so a pass costs no API reads in the common case) and
-applies the one action the derivation asks for.
+Passes are event-driven. Each QuranFineTune has one kopf daemon (`passes`), an asyncio task that runs a pass, then
+sleeps on its own wake-up (wakeups.Wake, registered in memo.wakeups under (namespace, name)) until one of these:
+- the resource changes (`on_run_event`: spec, annotations such as a stop request, deletion; our own status write's
+  echo is skipped: the loop already passed on that body);
+- one of its Jobs or pods changes (`on_job_event`, `on_pod_event`, on the same watches that fill the indexes: a
+  Job completes -> the next stage's Job is created in the same moment, not at a timer tick);
+- another run changes in a way this run waits on (operator budget slot, sibling's data, baseline's results;
+  `on_run_event` compares the run's index entry and wakes the waiters);
+- the clock reaches a time-based decision (wakeups.next_pass_in: progress reads, start-up deadlines, grace periods,
+  TTL), or the slow safety resync, `reconcileIntervalSeconds` (settings.reconcile_interval, default 60 s).
+A wake during a pass gives exactly one more pass, and wakes before it began (while it waited for a thread)
+none (wakeups.Wake counts them), so bursts coalesce.
+
+Why a daemon, not handlers: kopf's change handlers run only for the resource's own changes, and a timer only on
+its clock; a daemon is kopf's one per-resource task with a live body (kopf keeps it fresh from the watch), stopped
+by kopf on deletion (behind our finalizer) and respawned for every resource when the operator starts, after the
+indexes are filled. It serialises the passes of one resource by construction (the per-uid lock stays, as a guard).
+A daemon's `patch` is applied only when it exits, so a pass writes its status itself: a merge patch of only the
+changed top-level keys (status.status_patch), then the transition events. The written object is the next pass's
+body until the watch delivers something newer (compared by resourceVersion), so a pass never decides on its own
+stale status. The pass is sync code (kubernetes client) and runs in kopf's executor.
+
+Passes gather observations from kopf's in-memory indexes (filled from watches, so a pass costs no API reads in
+the common case) and apply the one action the derivation asks for.
 """
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import copy
 import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from quranft.trainer.config import ConfigError
 
@@ -23,9 +49,11 @@ from .kube import Kube
 from .metrics import Metrics
 from .observe import JobView, job_view, kueue_state, parse_time, pod_view
 from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
+from .wakeups import Topic, Waiters, Wake, Wakeups, next_pass_in, wait_topic, waits_on_others
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-TIMER_INTERVAL = 5.0  # seconds between reconcile passes per resource
+ERROR_BACKOFF_S = 5.0  # a failed pass (e.g. the API answered 503) is retried after this, or at the next change
+SETTLE_STEPS = 3  # a pass derives again on the status it derived until nothing changes (at most this many times)
 PREFIX = GROUP  # annotations and finalizer live under our own group, not kopf.zalando.org
 log = logging.getLogger(__name__)
 
@@ -53,6 +81,12 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo.metrics.serve(cfg.metrics_port)
     memo.locks = defaultdict(threading.Lock)
     memo.progress_read = {}
+    memo.executor = settings.execution.executor  # where sync handlers run; passes run there too
+    memo.wakeups = Wakeups()
+    memo.written_rv = {}  # (namespace, name) -> resourceVersion of our last status write (its echo wakes nobody)
+    memo.run_entries = {}  # (namespace, name) -> last index entry seen, to wake waiters when it changes
+    memo.child_views = {}  # (kind, namespace, name) of a Job or pod -> hash of its last view, to skip no-op events
+    memo.waiters = Waiters()  # runs waiting on another run, woken when an entry they wait on changes
     logger.info("quranft operator started: %s", cfg.model_dump())
 
 
@@ -63,19 +97,21 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 # --- indexes: what exists, from watches --------------------------------------------------------------------
+# Async (pure, cheap): kopf runs sync handlers in its thread pool, where an index update would queue behind the
+# passes waiting on the API server, and every event of that object waits for its index update.
 
 @kopf.index("batch", "v1", "jobs", labels={builders.LABEL_RUN: kopf.PRESENT})
-def run_jobs(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+async def run_jobs(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
     return {(namespace, labels[builders.LABEL_RUN]): job_view(body)}
 
 
 @kopf.index("", "v1", "pods", labels={builders.LABEL_RUN: kopf.PRESENT, builders.LABEL_STAGE: kopf.PRESENT})
-def run_pods(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+async def run_pods(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
     return {(namespace, labels[builders.LABEL_RUN], labels[builders.LABEL_STAGE]): pod_view(body)}
 
 
 @kopf.index(*RESOURCE)
-def runs(body: kopf.Body, namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
+async def runs(body: kopf.Body, namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
          meta: Mapping[str, Any], **_: Any) -> dict:
     return {namespace: run_entry(namespace, name, meta, spec, status)}
 
@@ -103,26 +139,59 @@ def run_entry(namespace: str, name: str, meta: Mapping[str, Any], spec: Mapping[
     }
 
 
-# --- handlers ------------------------------------------------------------------------------------------------
+# --- wake-ups --------------------------------------------------------------------------------------------------
 
-# Creation and spec edits (e.g. suspend) get an immediate pass; everything else, including the state left
-# by an operator restart, is picked up by the timer from the live body (one timer task per resource, so
-# passes of one resource never overlap except with these two; a per-resource lock serialises them).
-@kopf.on.create(*RESOURCE, backoff=5)
-@kopf.on.update(*RESOURCE, backoff=5)
-def on_change(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
-              run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index, **_: Any) -> None:
-    reconcile(body, memo, patch, logger, run_jobs, run_pods, runs)
+# kopf updates the indexes before it calls the event handlers, so the woken pass sees the change. A pass reads only
+# a child's view (observe.job_view / pod_view): an event that leaves the view as it was (a heartbeat of the pod's
+# status, managed fields) wakes nobody.
+@kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_RUN: kopf.PRESENT})
+async def on_job_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str,
+                       labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+    _child_changed(memo, ("Job", namespace, name), None if event.get("type") == "DELETED" else job_view(body),
+                   (namespace, labels[builders.LABEL_RUN]))
 
 
-@kopf.timer(*RESOURCE, interval=TIMER_INTERVAL, initial_delay=2.0, backoff=TIMER_INTERVAL)
-def on_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
-             run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index, **_: Any) -> None:
-    reconcile(body, memo, patch, logger, run_jobs, run_pods, runs)
+@kopf.on.event("", "v1", "pods", labels={builders.LABEL_RUN: kopf.PRESENT, builders.LABEL_STAGE: kopf.PRESENT})
+async def on_pod_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str,
+                       labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+    _child_changed(memo, ("Pod", namespace, name), None if event.get("type") == "DELETED" else pod_view(body),
+                   (namespace, labels[builders.LABEL_RUN]))
+
+
+def _child_changed(memo: kopf.Memo, child: tuple[str, str, str], view: Any, run: tuple[str, str]) -> None:
+    digest = None if view is None else hash(view)
+    if view is None:
+        memo.child_views.pop(child, None)
+    elif memo.child_views.get(child) == digest:
+        return
+    else:
+        memo.child_views[child] = digest
+    memo.wakeups.wake(run)
+
+
+@kopf.on.event(*RESOURCE)
+async def on_run_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
+                       **_: Any) -> None:
+    key = (namespace, name)
+    meta = body.get("metadata") or {}
+    if meta.get("resourceVersion") != memo.written_rv.get(key):
+        memo.wakeups.wake(key)
+    entry = None if event.get("type") == "DELETED" else \
+        run_entry(namespace, name, meta, body.get("spec") or {}, body.get("status") or {})
+    if entry is None:
+        memo.written_rv.pop(key, None)
+    previous = memo.run_entries.get(key)
+    if previous != entry:
+        if entry is None:
+            memo.run_entries.pop(key, None)
+        else:
+            memo.run_entries[key] = entry
+        for waiter in memo.waiters.changed(key, previous, entry, time.monotonic()):
+            memo.wakeups.wake(waiter)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
-def on_delete(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+async def on_delete(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
     # Jobs and pods go with the resource through ownerReferences (garbage collector); the claim stays
     # unless it was created with deleteClaimOnDelete. Only in-memory state is ours to drop.
     memo.admission.forget((namespace, name))
@@ -131,40 +200,182 @@ def on_delete(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) ->
     memo.locks.pop(uid, None)
 
 
+# --- the pass loop --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a pass leaves for its loop."""
+    written: dict[str, Any] | None = None  # the object our status write returned
+    next_in: float | None = None  # seconds until a time-based decision (wakeups.next_pass_in)
+    topic: Topic | None = None  # what it waits on of another run's (wakeups.wait_topic)
+
+
+# On deletion the loop exits at once; a pass in flight gets 5 s to finish before kopf cancels the loop.
+@kopf.daemon(*RESOURCE, backoff=ERROR_BACKOFF_S, cancellation_backoff=5.0, cancellation_timeout=10.0)
+async def passes(body: kopf.Body, stopped: kopf.DaemonStopped, namespace: str, name: str, memo: kopf.Memo,
+                 logger: logging.Logger, run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index,
+                 **_: Any) -> None:
+    key = (namespace, name)
+    cfg: OperatorSettings = memo.settings
+    wake = memo.wakeups.register(key)
+    relay = asyncio.create_task(_wake_when_stopped(stopped, wake), name=f"stop relay of {namespace}/{name}")
+    written: dict[str, Any] | None = None
+    try:
+        while not stopped:
+            started, submitted = time.monotonic(), wake.count
+            try:
+                seen, outcome = await _in_executor(memo, wake, reconcile, _fresher(body, written), memo, logger,
+                                                   run_jobs, run_pods, runs)
+            except Exception as exc:  # noqa: BLE001  retried after a backoff, or at the next change
+                delay = exc.delay if isinstance(exc, kopf.TemporaryError) and exc.delay else ERROR_BACKOFF_S
+                log.warning("%s/%s: pass failed (%s: %s); retrying in %.0f s or at the next change",
+                            namespace, name, type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (
+                                kopf.TemporaryError, ApiException)))
+                await wake.sleep(delay, submitted)
+                continue
+            if outcome.written is not None:
+                written = outcome.written
+            resync = cfg.reconcile_interval
+            next_in = resync if outcome.next_in is None else min(resync, outcome.next_in)
+            memo.waiters.wait(key, outcome.topic)
+            if memo.waiters.changed_since(outcome.topic, started):
+                next_in = 0.0  # what it waits on changed during the pass (nobody woke it): the wait may be over
+            await wake.sleep(next_in, seen)
+    finally:
+        relay.cancel()
+        memo.wakeups.unregister(key, wake)
+        memo.waiters.wait(key, None)
+
+
+async def _wake_when_stopped(stopped: kopf.DaemonStopped, wake: Wake) -> None:
+    await stopped.wait()
+    wake.set()
+
+
+async def _in_executor(memo: kopf.Memo, wake: Wake, fn: Callable[..., Outcome], *args: Any) -> tuple[int, Outcome]:
+    """(wakes seen, outcome) of `fn(*args)` in kopf's executor: the wakes counted when the pass really began."""
+    context = contextvars.copy_context()  # kopf.event needs kopf's context variables (its event queue and loop)
+
+    def job() -> tuple[int, Outcome]:
+        seen = wake.count
+        return seen, context.run(fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(memo.executor, job)
+
+
+def _fresher(live: Mapping[str, Any], written: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A snapshot of the newer of kopf's live body and the object our last status write returned.
+
+    resourceVersions are opaque to clients in general, but the API server hands out etcd revisions, which only
+    grow; if either is not a number the live body wins (a pass on a stale status at worst repeats idempotent work).
+    """
+    snapshot = copy.deepcopy(dict(live))
+    if written is None:
+        return snapshot
+    try:
+        newer = int(written["metadata"]["resourceVersion"]) > int(snapshot["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return snapshot
+    return copy.deepcopy(dict(written)) if newer else snapshot
+
+
 # --- one reconcile pass -----------------------------------------------------------------------------------------
 
-def reconcile(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
-              run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index) -> None:
+def reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger, run_jobs: kopf.Index,
+              run_pods: kopf.Index, runs: kopf.Index) -> Outcome:
     meta, spec = body["metadata"], dict(body.get("spec") or {})
     status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
     uid = meta["uid"]
+    cfg: OperatorSettings = memo.settings
     with memo.locks[uid]:
         started = time.monotonic()
         now = datetime.now(timezone.utc)
         if status.get("phase") in st.TERMINAL:
+            changes: dict[str, Any] = {}
+            events: list[tuple[str, str, str]] = []
             notice = st.terminal_stop_notice(meta, status, now)
             if notice is not None:  # a stop request after the end: say once that it changes nothing
-                for key, value in st.status_patch(status, notice).items():
-                    patch.status[key] = value
-                for kind, reason, message in st.transition_events(status, notice):
-                    kopf.event(body, type=kind, reason=reason, message=message)
-            _cleanup_after_ttl(spec, meta, status, now, memo, patch, body)
+                changes.update(st.status_patch(status, notice))
+                events += st.transition_events(status, notice)
+            changes.update(_cleanup_after_ttl(spec, meta, status, now, memo, body))
+            written = _write_status(memo, body, changes, events)
             memo.metrics.phases.set(uid, status["phase"])
-            return
-        obs = observe(spec, meta, status, now, memo, run_jobs, run_pods, runs)
-        derived = st.derive(spec, meta, status, obs)
-        apply(derived, obs, spec, meta, memo, body, logger)
-        changes = st.status_patch(status, derived.status)
-        for key, value in changes.items():
-            patch.status[key] = value
-        for kind, reason, message in st.transition_events(status, derived.status):
-            kopf.event(body, type=kind, reason=reason, message=message)
-        _record_metrics(memo.metrics, uid, obs, status, derived.status)
+            new = {**status, **changes}
+            return Outcome(written, next_pass_in(spec, new, {}, now, progress_in=None,
+                                                 image_pull_deadline_s=cfg.image_pull_deadline_seconds,
+                                                 default_startup_deadline_s=cfg.startup_deadline_seconds))
+        # Derive again on the derived status until it settles (e.g. "creating the Job" -> "the Job is running" once
+        # the Job exists): one status write per pass with the final result, not one per step.
+        new, events, created = status, [], {}
+        for _ in range(SETTLE_STEPS):
+            obs = observe(spec, meta, new, now, memo, run_jobs, run_pods, runs, created)
+            derived = st.derive(spec, meta, new, obs)
+            job = apply(derived, obs, spec, meta, memo, body, logger)
+            if job is not None:
+                created[derived.action] = job
+            events += st.transition_events(new, derived.status)
+            _record_metrics(memo.metrics, uid, obs, new, derived.status)
+            # A suspend or a delete is not in the status: the next step would see the Job unchanged and repeat it.
+            settled = derived.status == new or bool(derived.suspend or derived.delete_jobs)
+            new = derived.status
+            if settled:
+                break
+        written = _write_status(memo, body, st.status_patch(status, new), events)
         memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        current = _current_stage(new)
+        jobs = {current: obs.jobs[current]} if current in obs.jobs else {}
+        return Outcome(written, next_pass_in(spec, new, jobs, now, progress_in=_progress_in(uid, obs, memo),
+                                             image_pull_deadline_s=cfg.image_pull_deadline_seconds,
+                                             default_startup_deadline_s=cfg.startup_deadline_seconds),
+                       _wait_topic(meta, spec, new))
+
+
+def _wait_topic(meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]) -> Topic | None:
+    if not waits_on_others(status):
+        return None
+    ref = (((spec.get("benchmark") or {}).get("baseline") or {}).get("qftRef") or {}).get("name")
+    return wait_topic(status, run_entry(meta["namespace"], meta["name"], meta, spec, status), ref)
+
+
+def _write_status(memo: kopf.Memo, body: Mapping[str, Any], changes: Mapping[str, Any],
+                  events: list[tuple[str, str, str]]) -> dict[str, Any] | None:
+    """Merge-patch the changed top-level status keys, then post the transition events (after the write: a failed
+    write is retried by the next pass, which would post them again). Returns the written object, None if nothing
+    was written (no change, or the resource is gone)."""
+    meta = body["metadata"]
+    written = None
+    if changes:
+        try:
+            written = memo.kube.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": dict(changes)})
+        except ApiException as exc:
+            if exc.status == 404:  # deleted meanwhile: nothing left to report on
+                return None
+            raise
+        memo.written_rv[(meta["namespace"], meta["name"])] = written["metadata"]["resourceVersion"]
+        log.debug("%s/%s: wrote status %s", meta["namespace"], meta["name"], dict(changes))
+    for kind, reason, message in events:
+        kopf.event(dict(body), type=kind, reason=reason, message=message)
+    return written
+
+
+def _progress_in(uid: str, obs: st.Observed, memo: kopf.Memo) -> float | None:
+    """Seconds until the training log is due to be read again; None when no rank-0 training pod runs."""
+    train = obs.jobs.get("train")
+    if train is None or train.finished or _reporter(train) is None or not _reporter(train).running:
+        return None
+    return memo.progress_read.get(uid, 0.0) + memo.settings.progress_interval - time.monotonic()
+
+
+def _reporter(train: JobView) -> Any:
+    """The pod that prints progress: rank 0 (completion index 0 of a multi-node Job), the newest one."""
+    return next((p for p in reversed(train.pods) if p.completion_index in (None, 0)), None)
 
 
 def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime,
-            memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index) -> st.Observed:
+            memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index,
+            created: Mapping[str, Mapping[str, Any]] | None = None) -> st.Observed:
+    """What exists for this run; `created`: Jobs this pass just created or adopted (stage -> object), which the
+    index may not show yet."""
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
     cfg: OperatorSettings = memo.settings
     kube: Kube = memo.kube
@@ -184,7 +395,9 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
                                                  and newest.attempt <= _attempt_named(status, current))):
         # The index may simply lag behind our own create; ask the API before calling it lost. (An index newer
         # than the status is a restart whose status write was lost: the newer attempt counts.)
-        raw = kube.get_job(ns, named)
+        raw = (created or {}).get(current)
+        if raw is None or raw["metadata"]["name"] != named:
+            raw = kube.get_job(ns, named)
         if raw is None or (raw["metadata"].get("ownerReferences") or [{}])[0].get("uid") != uid:
             lost.add(current)
             jobs.pop(current, None)
@@ -229,8 +442,7 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
 
     progress = None
     train = jobs.get("train")
-    # Rank 0 (completion index 0 of a multi-node Job) alone prints progress.
-    reporter = next((p for p in reversed(train.pods) if p.completion_index in (None, 0)), None) if train else None
+    reporter = _reporter(train) if train else None
     if train and not train.finished and reporter is not None and reporter.running:
         last = memo.progress_read.get(uid, 0.0)
         if time.monotonic() - last >= cfg.progress_interval:
@@ -246,7 +458,8 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
 
 
 def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: Mapping[str, Any],
-          memo: kopf.Memo, body: kopf.Body, logger: logging.Logger) -> None:
+          memo: kopf.Memo, body: Mapping[str, Any], logger: logging.Logger) -> dict[str, Any] | None:
+    """Carries out the derived action; returns the stage Job it created or adopted, if any."""
     kube: Kube = memo.kube
     cfg: OperatorSettings = memo.settings
     if derived.suspend:
@@ -258,7 +471,7 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
         kopf.event(body, type="Normal", reason="JobDeleted", message=f"Job {job}")
     stage = derived.action
     if not stage:
-        return
+        return None
     kube.ensure(builders.build_config_map(spec, meta))
     pvc = builders.build_pvc(spec, meta)
     if pvc is not None:
@@ -282,6 +495,7 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
     if created:
         logger.info("created %s Job %s", stage, obj["metadata"]["name"])
         kopf.event(body, type="Normal", reason="JobCreated", message=f"{stage} Job {obj['metadata']['name']}")
+    return obj
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -347,13 +561,14 @@ def _baseline(ref: str, spec: Mapping[str, Any], name: str, entries: list) -> tu
 
 
 def _cleanup_after_ttl(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any],
-                       now: datetime, memo: kopf.Memo, patch: kopf.Patch, body: kopf.Body) -> None:
+                       now: datetime, memo: kopf.Memo, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The status change once spec.ttlSecondsAfterFinished passed (Jobs deleted by the cleanup policy)."""
     ttl = spec.get("ttlSecondsAfterFinished")
     if ttl is None or status.get("cleanedUp"):
-        return
+        return {}
     done = parse_time(status.get("completionTime"))
     if done is None or (now - done).total_seconds() < int(ttl):
-        return
+        return {}
     policy = (spec.get("cleanup") or {}).get("onSuccess" if status["phase"] == "Succeeded" else "onFailure", "Keep")
     if policy == "DeleteJobs":
         jobs = set((status.get("jobs") or {}).values())
@@ -361,8 +576,8 @@ def _cleanup_after_ttl(spec: Mapping[str, Any], meta: Mapping[str, Any], status:
         jobs |= {builders.train_job_name(meta["name"], attempt, builders.nodes_of(spec)) for attempt in range(restarts)}
         for job in sorted(jobs):
             memo.kube.delete_job(meta["namespace"], job)  # pods go with it; models and the claim stay
-        kopf.event(body, type="Normal", reason="CleanedUp", message=f"deleted Jobs {sorted(jobs)}")
-    patch.status["cleanedUp"] = True
+        kopf.event(dict(body), type="Normal", reason="CleanedUp", message=f"deleted Jobs {sorted(jobs)}")
+    return {"cleanedUp": True}
 
 
 def _record_metrics(metrics: Metrics, uid: str, obs: st.Observed, old: Mapping[str, Any],

@@ -23,7 +23,9 @@ class OperatorSettings(BaseModel):
     image_pull_policy: str = "IfNotPresent"
     max_concurrent_trainings: int = Field(0, ge=0, description="Training Jobs running at once, all namespaces (0: no limit).")
     max_gpus_per_namespace: int = Field(0, ge=0, description="GPUs held by training Jobs per namespace (0: no limit).")
-    reconcile_interval: float = Field(5.0, gt=0, description="Seconds between reconcile passes per resource.")
+    # Passes run when a resource or one of its children changes (handlers.py); this is only the safety net for a
+    # change missed (Helm `operator.reconcileIntervalSeconds`).
+    reconcile_interval: float = Field(60.0, gt=0, description="Seconds between safety resyncs of each resource.")
     progress_interval: float = Field(10.0, gt=0, description="Seconds between reads of the training pod's log.")
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus port of the operator (0: off).")
     termination_grace_seconds: int = Field(300, ge=1, description="Grace for a training pod to finish a step and checkpoint.")
