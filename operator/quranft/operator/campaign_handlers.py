@@ -1,22 +1,26 @@
-"""kopf wiring of the QuranFineTuneCampaign controller: indexes, handlers, one reconcile pass.
+"""kopf wiring of the QuranFineTuneCampaign controller: indexes, one pass loop per campaign, one reconcile pass.
 
 What the pass knows comes from kopf indexes (the campaign's children by owner, its report and delivery Jobs and
-their pods), so a pass costs one GET of the campaign and the writes it decides. A child's change wakes its
-campaign's pass at once (an event handler on child QuranFineTunes and on the campaign's Jobs and pods), through a
-small coalescing worker pool: a burst of child events is one pass, and a child's own kopf worker never waits for
-it. Creation, spec and annotation edits (Manual promotion) run a pass directly; a slow timer resyncs
-everything else (and resumes campaigns after an operator restart). All the decisions are campaign_derive's.
+their pods), so a pass costs one GET of the campaign and the writes it decides. Passes are event-driven, the same
+way as the runs' (handlers.py): each campaign has one kopf daemon that runs a pass and then sleeps on its own
+wake-up (memo.campaign_wakeups, keyed by (namespace, campaign)) until the campaign changes (creation, spec
+and annotation edits such as a Manual promotion), a child QuranFineTune or one of the campaign's Jobs or pods
+changes (event handlers on those watches wake it), or the slow safety resync (`reconcileIntervalSeconds`) comes.
+A burst of child events is one pass (a wake during a pass gives one more pass, not one per event), a child's own
+kopf worker never waits for it, and kopf respawns the loops when the operator restarts. The pass is sync code and
+runs in kopf's executor; it reads the campaign fresh and writes its status itself. All the decisions are
+campaign_derive's.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -33,78 +37,40 @@ from .campaign_spec import (CAMPAIGN_PLURAL, LABEL_CAMPAIGN, PROMOTE_ANNOTATION,
 from .kube import Kube
 from .observe import job_view, pod_view
 from .settings import OperatorSettings, settings_from_env
+from .wakeups import Wake, Wakeups
 
 CAMPAIGN = (GROUP, VERSION, CAMPAIGN_PLURAL)
 RUN = (GROUP, VERSION, PLURAL)
-RESYNC_SECONDS = 60.0
+ERROR_BACKOFF_S = 5.0  # a failed pass is retried after this, or at the next change
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, campaign)
 
 
-class Waker:
-    """Runs `fn(key, *args)` in a small pool; a key woken while its pass runs gets one more pass afterwards."""
-
-    def __init__(self, fn: Callable[..., None], workers: int = 2):
-        self.fn = fn
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="campaign")
-        self.lock = threading.Lock()
-        self.running: set[Key] = set()
-        self.again: set[Key] = set()
-
-    def wake(self, key: Key, *args: Any) -> None:
-        with self.lock:
-            if key in self.running:
-                self.again.add(key)
-                return
-            self.running.add(key)
-        # kopf.event needs the handler's context (its event queue); each wake carries its own copy.
-        self.pool.submit(contextvars.copy_context().run, self._drain, key, args)
-
-    def _drain(self, key: Key, args: tuple) -> None:
-        while True:
-            try:
-                self.fn(key, *args)
-            except Exception:  # noqa: BLE001  the timer's resync retries; the pass is idempotent
-                log.exception("campaign %s/%s: pass failed (retried by the next event or the resync)", *key)
-            with self.lock:
-                if key in self.again:
-                    self.again.discard(key)
-                    continue
-                self.running.discard(key)
-                return
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
 @kopf.on.startup()
-def campaign_startup(memo: kopf.Memo, **_: Any) -> None:
+def campaign_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.campaign_locks = defaultdict(threading.Lock)
     memo.campaign_created = defaultdict(set)  # campaign uid -> object names this process created
     memo.campaign_foreign = defaultdict(set)  # campaign uid -> child names held by someone else
-    memo.campaign_waker = Waker(lambda key, m, indexes: reconcile(key, m, indexes))
-
-
-@kopf.on.cleanup()
-def campaign_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if getattr(memo, "campaign_waker", None) is not None:
-        memo.campaign_waker.close()
+    memo.campaign_wakeups = Wakeups()
+    memo.campaign_written_rv = {}  # (namespace, campaign) -> resourceVersion of our last status write
+    memo.campaign_executor = settings.execution.executor
 
 
 # --- indexes ---------------------------------------------------------------------------------------------------
+# Async (pure, cheap), as the runs' (handlers.py): not queued in the thread pool behind the passes.
 
 @kopf.index(*RUN, labels={LABEL_CAMPAIGN: kopf.PRESENT})
-def campaign_children(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+async def campaign_children(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
     return {(namespace, labels[LABEL_CAMPAIGN]): child_view(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_CAMPAIGN: kopf.PRESENT, builders.LABEL_STAGE: kopf.PRESENT})
-def campaign_jobs_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+async def campaign_jobs_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
     return {(namespace, labels[LABEL_CAMPAIGN]): job_view(body)}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_CAMPAIGN: kopf.PRESENT, builders.LABEL_STAGE: kopf.PRESENT})
-def campaign_pods_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+async def campaign_pods_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
     return {(namespace, labels[LABEL_CAMPAIGN]): pod_view(body)}
 
 
@@ -112,32 +78,63 @@ def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in ("campaign_children", "campaign_jobs_index", "campaign_pods_index")}
 
 
-# --- handlers ----------------------------------------------------------------------------------------------------
+# --- wake-ups and the pass loop ------------------------------------------------------------------------------
 
-@kopf.on.create(*CAMPAIGN, backoff=5)
-@kopf.on.update(*CAMPAIGN, backoff=5)
-def on_campaign(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    reconcile((namespace, name), memo, _indexes(kwargs))
-
-
-@kopf.timer(*CAMPAIGN, interval=RESYNC_SECONDS, initial_delay=2.0, backoff=10.0)
-def on_campaign_resync(namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    reconcile((namespace, name), memo, _indexes(kwargs))
+@kopf.on.event(*CAMPAIGN)
+async def on_campaign_event(event: Mapping[str, Any], namespace: str, name: str, meta: Mapping[str, Any],
+                            memo: kopf.Memo, **_: Any) -> None:
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        memo.campaign_written_rv.pop(key, None)
+    elif meta.get("resourceVersion") != memo.campaign_written_rv.get(key):  # not the echo of our own status write
+        memo.campaign_wakeups.wake(key)
 
 
 @kopf.on.event(*RUN, labels={LABEL_CAMPAIGN: kopf.PRESENT})
-def on_child_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    memo.campaign_waker.wake((namespace, labels[LABEL_CAMPAIGN]), memo, _indexes(kwargs))
-
-
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_CAMPAIGN: kopf.PRESENT, builders.LABEL_STAGE: kopf.PRESENT})
-def on_job_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    memo.campaign_waker.wake((namespace, labels[LABEL_CAMPAIGN]), memo, _indexes(kwargs))
-
-
 @kopf.on.event("", "v1", "pods", labels={LABEL_CAMPAIGN: kopf.PRESENT, builders.LABEL_STAGE: kopf.PRESENT})
-def on_pod_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    memo.campaign_waker.wake((namespace, labels[LABEL_CAMPAIGN]), memo, _indexes(kwargs))
+async def on_campaign_child_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+    # kopf updates the indexes before it calls the event handlers, so the woken pass sees this change.
+    memo.campaign_wakeups.wake((namespace, labels[LABEL_CAMPAIGN]))
+
+
+# On deletion the loop exits at once; a pass in flight gets 5 s to finish before kopf cancels the loop.
+@kopf.daemon(*CAMPAIGN, backoff=ERROR_BACKOFF_S, cancellation_backoff=5.0, cancellation_timeout=10.0)
+async def campaign_passes(stopped: kopf.DaemonStopped, namespace: str, name: str, memo: kopf.Memo,
+                          **kwargs: Any) -> None:
+    key = (namespace, name)
+    cfg: OperatorSettings = getattr(memo, "settings", None) or settings_from_env()
+    wake = memo.campaign_wakeups.register(key)
+    relay = asyncio.create_task(_wake_when_stopped(stopped, wake), name=f"stop relay of {namespace}/{name}")
+    indexes = _indexes(kwargs)
+    loop = asyncio.get_running_loop()
+    try:
+        while not stopped:
+            submitted = wake.count
+            context = contextvars.copy_context()  # kopf.event needs kopf's context variables (its event queue)
+
+            def job() -> int:
+                seen = wake.count  # wakes before the pass really began are seen by it (wakeups.Wake)
+                context.run(reconcile, key, memo, indexes)
+                return seen
+            try:
+                seen = await loop.run_in_executor(memo.campaign_executor, job)
+            except Exception as exc:  # noqa: BLE001  the pass is idempotent: retried after a backoff or a change
+                delay = exc.delay if isinstance(exc, kopf.TemporaryError) and exc.delay else ERROR_BACKOFF_S
+                log.warning("campaign %s/%s: pass failed (%s: %s); retrying in %.0f s or at the next change",
+                            namespace, name, type(exc).__name__, exc, delay,
+                            exc_info=not isinstance(exc, (kopf.TemporaryError, ApiException)))
+                await wake.sleep(delay, submitted)
+                continue
+            await wake.sleep(cfg.reconcile_interval, seen)
+    finally:
+        relay.cancel()
+        memo.campaign_wakeups.unregister(key, wake)
+
+
+async def _wake_when_stopped(stopped: kopf.DaemonStopped, wake: Wake) -> None:
+    await stopped.wait()
+    wake.set()
 
 
 # --- one pass ----------------------------------------------------------------------------------------------------
@@ -155,7 +152,7 @@ def reconcile(key: Key, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
             spec = parse_spec(body.get("spec") or {})
         except ValidationError as exc:  # the CRD's schema makes this rare (e.g. an older CRD installed)
             _write(ckube, body, status, {**status, "phase": "Failed", "reason": "InvalidSpec"},
-                   [("Warning", "InvalidSpec", str(exc)[:1000])])
+                   [("Warning", "InvalidSpec", str(exc)[:1000])], memo.campaign_written_rv)
             return
         obs = observe(spec, meta, status, memo, indexes, ckube)
         derived = derive(spec, meta, status, obs)
@@ -163,7 +160,7 @@ def reconcile(key: Key, memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
             obs = replace(obs, validation=validate(obs, ckube), baseline_error=baseline_problem(spec, meta, ckube))
             derived = derive(spec, meta, status, obs)
         apply(derived, spec, meta, memo, ckube)
-        _write(ckube, body, status, derived.status, derived.events)
+        _write(ckube, body, status, derived.status, derived.events, memo.campaign_written_rv)
 
 
 def observe(spec: CampaignSpec, meta: Mapping[str, Any], status: Mapping[str, Any], memo: kopf.Memo,
@@ -282,14 +279,16 @@ def apply(derived: Any, spec: CampaignSpec, meta: Mapping[str, Any], memo: kopf.
 
 
 def _write(ckube: CampaignKube, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any],
-           events: list[tuple[str, str, str]]) -> None:
+           events: list[tuple[str, str, str]], written_rv: dict[Key, str]) -> None:
     changes = st.status_patch(old, new)
     if changes:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            ckube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], changes)
+            written = ckube.patch_status(ns, name, changes)
         except ApiException as exc:
             if exc.status == 404:
                 return
             raise kopf.TemporaryError(f"status patch failed: {api_message(exc)}", delay=5) from exc
+        written_rv[(ns, name)] = written["metadata"]["resourceVersion"]  # its echo wakes nobody
     for kind, reason, message in events:
         kopf.event(dict(body), type=kind, reason=reason, message=message[:1024])
