@@ -66,6 +66,8 @@ CASES = [
     ("terminal with a TTL: the cleanup", {"spec": {"ttlSecondsAfterFinished": 30},
                                           "status": {"phase": "Succeeded", "completionTime": "2026-01-01T11:59:50Z"}},
      20.25),
+    ("just ended with ttl 0: the cleanup at once (it runs in the next pass)", {"spec": {"ttlSecondsAfterFinished": 0},
+     "status": {"phase": "Succeeded", "completionTime": "2026-01-01T11:59:59Z"}}, 0.25),
     ("terminal, cleaned up: nothing", {"spec": {"ttlSecondsAfterFinished": 30}, "status": {
         "phase": "Succeeded", "completionTime": "2026-01-01T11:00:00Z", "cleanedUp": True}}, None),
     ("terminal without a TTL: nothing", {"status": {"phase": "Failed"}}, None),

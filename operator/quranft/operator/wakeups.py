@@ -199,9 +199,12 @@ def next_pass_in(spec: Mapping[str, Any], status: Mapping[str, Any], jobs: Mappi
 
     if status.get("phase") in st.TERMINAL:
         ttl = spec.get("ttlSecondsAfterFinished")
-        if ttl is not None and not status.get("cleanedUp"):
-            at(st.parse_time(status.get("completionTime")), float(ttl))
-        return min(due) if due else None
+        done = st.parse_time(status.get("completionTime"))
+        if ttl is not None and not status.get("cleanedUp") and done is not None:
+            # The cleanup runs in a pass that begins terminal: one that just ended the run leaves it to the next,
+            # so a moment already passed (ttl 0, a 1 s completionTime) is due at once, not "decided".
+            return max(0.0, (done + timedelta(seconds=float(ttl)) - now).total_seconds()) + SLACK_S
+        return None
 
     if progress_in is not None:
         due.append(max(0.0, progress_in))
