@@ -162,7 +162,7 @@ def main() -> None:
 
     import torch
 
-    from quranft.trainer.config import RunConfig
+    from quranft.contract.config import RunConfig
     from quranft.trainer.prepare import prepare
     from quranft.trainer.realsize import (SUBSAMPLING_CONV_CHANNELS, V1_FREEZE, VOCAB_SIZE, build_real_size_model,
                                           expected_trainable, parameter_groups, write_clip_dataset)

@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from quranft.benchmark.normalize import normalize_arabic
-    from quranft.trainer.config import RunConfig
+    from quranft.contract.config import RunConfig
     from quranft.trainer.prepare import prepare
     from quranft.trainer.synth import parse_surahs, write_synth_data
     from quranft.trainer.train import train

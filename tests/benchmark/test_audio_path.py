@@ -15,7 +15,7 @@ from quranft.benchmark.corpus import SAMPLE_RATE, decode_audio
 from quranft.benchmark.leakage import pcm_digest
 from quranft.trainer import prepare as prep
 from quranft.trainer.audio import wav_pcm_sha256
-from quranft.trainer.config import load_config
+from quranft.contract.config import load_config
 
 
 def _ffmpeg(*args: str) -> None:

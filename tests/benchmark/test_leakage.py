@@ -15,7 +15,7 @@ from quranft.benchmark.corpus import decode_audio, load_corpus
 from quranft.benchmark.leakage import digest_corpus, find_leaks, pcm_digest, training_index
 from quranft.trainer import prepare as prep
 from quranft.trainer.audio import pcm16, wav_pcm_sha256, write_wav
-from quranft.trainer.config import load_config
+from quranft.contract.config import load_config
 from quranft.trainer.errors import DataError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quranft.benchmark.transcribe import default_verdict_head, resolve_heads, stored_precision
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 
 BOTH = ("ctc", "rnnt")
 

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 STAGE_SCRIPT = """
 import os, subprocess, sys
-import quranft.cluster, quranft.trainer.config
-print(quranft.trainer.config.__file__)
+import quranft.cluster, quranft.contract.config
+print(quranft.contract.config.__file__)
 print(quranft.cluster.__file__)
 subprocess.run(["quranft", "trainer", "--help"], check=True, stdout=subprocess.DEVNULL)
 open("/tmp/scratch", "w").write("in the emptyDir")
@@ -103,7 +103,7 @@ def test_stage_pod_runs_the_project_from_a_checkout_under_tmp(namespace, cluster
         assert pod_phase(core, namespace, "prepare") == "Succeeded", log
         uid = core.read_namespaced_pod("prepare", namespace).metadata.uid
         assert log.splitlines() == [
-            f"{tmp_checkout}/trainer/quranft/trainer/config.py",
+            f"{tmp_checkout}/contract/quranft/contract/config.py",
             f"{tmp_checkout}/operator/quranft/cluster/__init__.py",
             str(sorted([tmp_checkout.name, "scratch"])),
             # The runtime's paths only: source roots and the agent's `quranft` shim (in its state dir).

@@ -8,7 +8,7 @@ from specs import body
 
 from quranft.operator import builders
 from quranft.operator.settings import OperatorSettings
-from quranft.trainer.config import ConfigError, data_spec_hash
+from quranft.contract.config import ConfigError, data_spec_hash
 
 SETTINGS = OperatorSettings(image_tag="1.2.3")
 

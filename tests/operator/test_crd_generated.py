@@ -12,7 +12,7 @@ import yaml
 from specs import apply_defaults, body, schema
 
 from quranft.operator.resource import QuranFineTuneSpec, QuranFineTuneStatus, parse_spec
-from quranft.trainer.config import ConfigError, DataSpec, TrainingSpec
+from quranft.contract.config import ConfigError, DataSpec, TrainingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -62,7 +62,7 @@ def test_schema_properties_are_the_models_fields():
 
 
 def test_data_and_training_are_the_trainers_models():
-    """The CRD's data/training models narrow the trainer's (quranft.trainer.config): same fields, same checks."""
+    """The CRD's data/training models narrow the run config's (quranft.contract.config): same fields, same checks."""
     spec_fields = QuranFineTuneSpec.model_fields
     assert issubclass(spec_fields["data"].annotation, DataSpec)
     assert issubclass(spec_fields["training"].annotation, TrainingSpec)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from specs import apply_defaults, crd, schema
 
-from quranft.trainer.config import BlendSpec, DataSpec, FreezeSpec, TrainingSpec
+from quranft.contract.config import BlendSpec, DataSpec, FreezeSpec, TrainingSpec
 
 
 def _walk(node, path="spec"):
@@ -89,7 +89,7 @@ def test_distributed_fields_default_to_one_pod_and_match_the_trainer_section():
     """resources.{nodes, gpus, distributedBackend, rendezvousTimeoutSeconds} become the trainer's `distributed`
     section (builders.distributed_doc); the bounds agree with the trainer's DistributedSpec and the builders."""
     from quranft.operator import builders
-    from quranft.trainer.config import DistributedSpec
+    from quranft.contract.config import DistributedSpec
 
     resources = schema()["properties"]["spec"]["properties"]["resources"]
     props = resources["properties"]

@@ -24,7 +24,7 @@ from clusterkit import Env
 from trainkit import ROOT
 
 from quranft.operator.settings import GROUP, VERSION
-from quranft.trainer.config import data_spec_hash
+from quranft.contract.config import data_spec_hash
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

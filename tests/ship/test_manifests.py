@@ -50,7 +50,7 @@ def test_gpu_example_matches_the_plan(name):
 
 def test_siblings_v1_to_v4_share_one_data_spec():
     """Same data spec -> same cache key: the data is prepared once for v1..v4 (v5 differs)."""
-    from quranft.trainer.config import data_spec_hash
+    from quranft.contract.config import data_spec_hash
 
     hashes = {name: data_spec_hash(_qft(name)["spec"]["data"]) for name in GPU_EXAMPLES}
     assert len({hashes[n] for n in GPU_EXAMPLES[:4]}) == 1

@@ -84,7 +84,7 @@ def synth_112(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_workspace(tmp_path_factory, synth_112) -> Path:
     """A workspace whose data/<hash>/ holds the prepared synthetic set (shared by the training tests)."""
-    from quranft.trainer.config import RunConfig
+    from quranft.contract.config import RunConfig
     from quranft.trainer.prepare import prepare
 
     workspace = tmp_path_factory.mktemp("workspace")

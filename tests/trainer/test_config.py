@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from quranft.trainer.config import (
+from quranft.contract.config import (
     ConfigError,
     DataSpec,
     RunConfig,

@@ -20,7 +20,7 @@ import pytest
 from ddp_probe import BatchRecorder, read_records
 from fixtures_model import (REPO, cli_command, cli_env, prepared_workspace, synth_112, wait_for,  # noqa: F401
                             write_config, run_config)
-from quranft.trainer.config import ConfigError, DistributedSpec, RunConfig, load_config
+from quranft.contract.config import ConfigError, DistributedSpec, RunConfig, load_config
 from quranft.trainer.distributed import (Placement, RendezvousTimeout, check_shards, is_launcher_child, placement,
                                          rendezvous_failure, resolve_backend)
 from quranft.trainer.errors import EnvironmentProblem, classify
@@ -357,7 +357,7 @@ def test_rendezvous_errors_name_who_arrived_and_where():
 
 def test_unused_parameters_and_world_size_one_settings():
     from quranft.trainer import ddp
-    from quranft.trainer.config import TrainingSpec
+    from quranft.contract.config import TrainingSpec
 
     assert ddp.trainer_settings(placement(DistributedSpec(), {}), None, 600, False, cuda=False) == {"devices": 1}
     assert ddp.unused_parameters(TrainingSpec(mode="ctcOnly", freeze={"rnntDecoder": False}))

@@ -19,7 +19,7 @@ from quranft.trainer import prepare as prep
 from quranft.trainer import sources
 from quranft.trainer import vocab
 from quranft.trainer.audio import decode
-from quranft.trainer.config import data_spec_hash, load_config
+from quranft.contract.config import data_spec_hash, load_config
 from quranft.trainer.errors import DataError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_model import REPO, cli_env, prepared_workspace, run_config, synth_112  # noqa: F401
-from quranft.trainer.config import RunConfig
+from quranft.contract.config import RunConfig
 
 MARK = "SAVED-DECODER "
 

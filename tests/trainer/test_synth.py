@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from fixtures_model import synth_112  # noqa: F401  (fixture)
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 from quranft.trainer.synth import HELD_OUT, SPLITS, parse_surahs
 
 SHARED_MANIFEST = Path("/work/shared/corpus/recitations-v1/manifest.json")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from quranft.trainer.config import ConfigError, FreezeSpec
+from quranft.contract.config import ConfigError, FreezeSpec
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from fixtures_model import (cli_command, prepared_workspace, start_cli, synth_112, wait_for,  # noqa: F401
                             write_config, run_config)
 from quranft.trainer.checkpoints import latest_checkpoint, list_checkpoints, remove_stale_temps
-from quranft.trainer.config import RunConfig
+from quranft.contract.config import RunConfig
 from quranft.trainer.metrics import PROGRESS_PREFIX
 
 LOSS_LINE = re.compile(r'^quranft_train_loss\{kind="total",namespace="tests",run="([^"]+)"\} (\S+)$', re.M)

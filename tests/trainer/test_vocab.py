@@ -15,7 +15,7 @@ import pytest
 from prepare_fixtures import synth_audio
 from quranft.trainer import vocab
 from quranft.trainer import prepare as prep
-from quranft.trainer.config import ConfigError, data_spec_hash, load_config
+from quranft.contract.config import ConfigError, data_spec_hash, load_config
 from quranft.trainer.errors import DataError, fit_summary
 
 

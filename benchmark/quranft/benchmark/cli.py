@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 from quranft.trainer.errors import (
     EXIT_OK,
     DataError,

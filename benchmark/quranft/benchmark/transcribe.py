@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 from quranft.trainer.errors import EnvironmentProblem, TrainingError
 
 from .corpus import SAMPLE_RATE

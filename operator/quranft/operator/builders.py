@@ -33,7 +33,7 @@ from quranft.contract.keys import (  # noqa: F401  (label and annotation names a
     STOP_ANNOTATION,
 )
 from quranft.contract.workspace import CONFIG_DIR, CONFIG_FILE, CONFIG_KEY, WORKSPACE  # noqa: F401
-from quranft.trainer.config import ConfigError, RunConfig, data_spec_hash, format_validation_error
+from quranft.contract.config import ConfigError, RunConfig, data_spec_hash, format_validation_error
 from quranft.trainer.tracking import CLIENT_ENV as MLFLOW_CLIENT_ENV
 
 from .settings import OperatorSettings

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from quranft.contract import workspace as layout
 from quranft.contract.keys import API_VERSION, COMMON_LABELS, KIND
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 
 from . import builders
 from .campaign_spec import (CAMPAIGN_API_VERSION, CAMPAIGN_KIND, LABEL_CAMPAIGN, LABEL_VARIANT, MAX_CHILD_NAME,

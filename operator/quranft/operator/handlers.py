@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 
 from . import builders, status as st
 from .admission import Admission, Entry, charged_gpus

@@ -6,7 +6,7 @@ description below is what `kubectl explain quranfinetune` prints. tests/operator
 when the checked-in CRD differs from the generator's output.
 
 Which model is the source of truth for `spec.data` and `spec.training`: the trainer's run config
-(quranft.trainer.config). The operator copies both sections verbatim into the stage's config.json and
+(quranft.contract.config). The operator copies both sections verbatim into the stage's config.json and
 validates them with the trainer's models before any Job exists, so what the trainer accepts *is* the contract.
 `Data`, `Blend`, `Training` and `Freeze` below subclass those models: they inherit the field set, the wire
 names, extra="forbid" and the cross-field checks, and narrow each field for the API server only: a description
@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from quranft.trainer import config as run_config
-from quranft.trainer.config import ConfigError, format_validation_error
+from quranft.contract import config as run_config
+from quranft.contract.config import ConfigError, format_validation_error
 
 from .builders import MAX_NODES, MAX_RANKS
 

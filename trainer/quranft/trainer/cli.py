@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from quranft.contract.exits import PREEMPTED_REASON, ExitCode
 from quranft.contract.summaries import FailureSummary, write_termination_message
-from quranft.trainer.config import ConfigError, load_config
+from quranft.contract.config import ConfigError, load_config
 from quranft.trainer.errors import FAILURES, classify, failure_summary
 
 # How long a local rank > 0 that stops with an error waits for its pod's main process to exit first

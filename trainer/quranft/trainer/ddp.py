@@ -24,7 +24,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch import Callback
 
 from quranft.trainer.callbacks import LOSS_KEYS
-from quranft.trainer.config import TrainingSpec
+from quranft.contract.config import TrainingSpec
 from quranft.trainer.distributed import Placement
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 
 HEAD_KEY = "decoder_type"  # top-level model cfg key holding the head the model ships with
 HEADS = ("ctc", "rnnt")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from quranft.trainer.config import ConfigError, DistributedSpec
+from quranft.contract.config import ConfigError, DistributedSpec
 from quranft.trainer.errors import EnvironmentProblem
 
 DEFAULT_MASTER_PORT = 29500  # torchrun's default, used when a multi-node pod has no MASTER_PORT

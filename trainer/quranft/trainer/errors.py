@@ -15,7 +15,7 @@ from quranft.contract.summaries import (  # noqa: F401  (re-exported)
     fit_summary,
     write_termination_message,
 )
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 
 EXIT_OK = ExitCode.OK  # the old name, still imported by quranft.benchmark.cli
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quranft.contract import workspace as layout
-from quranft.trainer.config import ConfigError, FreezeSpec, TrainingSpec
+from quranft.contract.config import ConfigError, FreezeSpec, TrainingSpec
 from quranft.trainer.errors import DataError
 
 TRAIN_MANIFEST = "train_manifest.json"

@@ -43,7 +43,7 @@ from pydantic.alias_generators import to_camel
 from quranft.contract import workspace as layout
 from quranft.contract.summaries import PrepareSummary
 from quranft.trainer import vocab
-from quranft.trainer.config import DataSpec, RunConfig, data_spec_hash
+from quranft.contract.config import DataSpec, RunConfig, data_spec_hash
 from quranft.trainer.errors import DataError
 
 COMPLETE_MARKER = "COMPLETE"  # written last; a directory without it is never reused

@@ -16,7 +16,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from quranft.trainer.config import FreezeSpec
+from quranft.contract.config import FreezeSpec
 from quranft.trainer.tiny import tiny_config, tokenizer_dir
 
 VOCAB_SIZE = 1024  # the published model's SentencePiece vocabulary (+1 blank for RNNT/CTC outputs)

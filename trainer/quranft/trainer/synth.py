@@ -51,7 +51,7 @@ def parse_surahs(raw: str) -> list[int]:
     except ValueError:
         surahs = []
     if not surahs or any(not 1 <= s <= 114 for s in surahs):
-        from quranft.trainer.config import ConfigError
+        from quranft.contract.config import ConfigError
 
         raise ConfigError(f"--surahs {raw!r}: expected comma-separated surah numbers 1..114")
     return surahs

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from quranft.trainer.config import RunConfig
+    from quranft.contract.config import RunConfig
 
 _log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def training_tracker(cfg: RunConfig, *, world_size: int = 1, log: Callable[[str]
     """The tracker of a training run per the environment, or None when MLFLOW_TRACKING_URI is unset."""
     import json
 
-    from quranft.trainer.config import data_spec_hash, dump_config
+    from quranft.contract.config import data_spec_hash, dump_config
 
     target = target_from_env(cfg.run.namespace, cfg.run.name, env)
     if target is None:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from quranft.contract import workspace as layout
 from quranft.contract.summaries import TrainSummary
-from quranft.trainer.config import ConfigError, RunConfig, data_spec_hash, dump_config
+from quranft.contract.config import ConfigError, RunConfig, data_spec_hash, dump_config
 
 
 class Preempted(Exception):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quranft.trainer.config import ConfigError
+from quranft.contract.config import ConfigError
 from quranft.trainer.errors import DataError
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's space
