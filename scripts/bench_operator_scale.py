@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The operator tests' cluster kit (operator subprocess under its ServiceAccount, stub stages) is reused as is.
-for folder in ("contract", "operator", "trainer", "benchmark", "tests/support"):
+for folder in ("contract", "operator", "trainer", "benchmark", "cluster", "tests/support"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 

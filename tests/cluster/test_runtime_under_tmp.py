@@ -43,7 +43,7 @@ def tmp_checkout():
     """The source roots copied to a fresh directory under /tmp (not the repository itself)."""
     root = Path(tempfile.mkdtemp(prefix="quranft-checkout-", dir="/tmp"))
     try:
-        for name in ("contract", "operator", "trainer", "benchmark"):
+        for name in ("contract", "operator", "trainer", "benchmark", "cluster"):
             shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         (root / "not-runtime.txt").write_text("the rest of the host's /tmp stays hidden")
         yield root
@@ -63,7 +63,7 @@ def agent_from_tmp(cluster, tmp_checkout):
         [sys.executable, "-m", "quranft.cluster.nodeagent", "--kubeconfig", str(cluster.kubeconfig),
          "--state-dir", str(state), "--pki-dir", str(cluster.state_dir / "pki"), "--nodes-file", str(nodes_file),
          "--no-provision"],
-        env={**os.environ, "PYTHONPATH": str(tmp_checkout / "operator")}, stdout=log, stderr=subprocess.STDOUT)
+        env={**os.environ, "PYTHONPATH": str(tmp_checkout / "cluster")}, stdout=log, stderr=subprocess.STDOUT)
     kube = Kube.from_kubeconfig(str(cluster.kubeconfig))
     try:
         wait_for(lambda: proc.poll() is not None or any(
@@ -104,10 +104,10 @@ def test_stage_pod_runs_the_project_from_a_checkout_under_tmp(namespace, cluster
         uid = core.read_namespaced_pod("prepare", namespace).metadata.uid
         assert log.splitlines() == [
             f"{tmp_checkout}/contract/quranft/contract/config.py",
-            f"{tmp_checkout}/operator/quranft/cluster/__init__.py",
+            f"{tmp_checkout}/cluster/quranft/cluster/__init__.py",
             str(sorted([tmp_checkout.name, "scratch"])),
             # The runtime's paths only: source roots and the agent's `quranft` shim (in its state dir).
-            str(["benchmark", "contract", "operator", "state", "trainer"]),
+            str(["benchmark", "cluster", "contract", "operator", "state", "trainer"]),
             '{"a": 1}']
         assert (state / "pods" / uid / "volumes" / "tmp" / "scratch").read_text() == "in the emptyDir"
     finally:

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_ROOTS = ("contract", "operator", "trainer", "benchmark")
+SOURCE_ROOTS = ("contract", "operator", "trainer", "benchmark", "cluster")
 
 
 def source_modules() -> list[str]:

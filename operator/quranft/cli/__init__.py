@@ -14,7 +14,7 @@ COMMANDS = {
     "campaign": ("quranft.benchmark.campaign_show", "show a campaign's ranked variants (campaign show NAME)"),
     "cluster": ("quranft.cluster.cli", "embedded Kubernetes: up, down, status, env"),
     "operator": ("quranft.operator.cli", "run the QuranFineTune controller"),
-    "demo": ("quranft.operator.demo", "embedded cluster + operator + CPU-stub run to a verdict"),
+    "demo": ("quranft.cluster.demo", "embedded cluster + operator + CPU-stub run to a verdict"),
 }
 
 

@@ -42,8 +42,8 @@ kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted
 python3 - "$EXAMPLE" "$NS" "$TAG" > /tmp/quranft-e2e-objects.yaml <<'PY'
 import sys, yaml
-sys.path[:0] = ["contract", "operator", "trainer", "benchmark"]
-from quranft.operator.demo import seed_job
+sys.path[:0] = ["contract", "operator", "trainer", "benchmark", "cluster"]
+from quranft.cluster.demo import seed_job
 from quranft.operator.settings import IMAGE_REPO
 example, ns, tag = sys.argv[1:]
 docs = [d for d in yaml.safe_load_all(open(example)) if d]

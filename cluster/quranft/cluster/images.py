@@ -14,9 +14,10 @@ from pathlib import Path
 PROJECT_IMAGES = ("trainer", "trainer-cpu", "operator", "stub-stage")
 _PROJECT = re.compile(r"^(?:ghcr\.io/)?quran-finetune/(?P<name>[a-z0-9-]+)(?::[\w.-]+|@sha256:[0-9a-f]+)?$")
 _PYTHON = re.compile(r"^(?:docker\.io/)?(?:library/)?python(?::[\w.-]+|@sha256:[0-9a-f]+)?$")
-# Source roots of the implicit namespace package `quranft` (operator/, trainer/, benchmark/ in the repo).
+# Source roots of the implicit namespace package `quranft` (contract/, operator/, ... in the repo).
 _REPO = Path(__file__).resolve().parents[3]
-SOURCE_ROOTS = tuple(str(_REPO / d) for d in ("contract", "operator", "trainer", "benchmark") if (_REPO / d).is_dir())
+SOURCE_ROOTS = tuple(str(_REPO / d) for d in ("contract", "operator", "trainer", "benchmark", "cluster")
+                     if (_REPO / d).is_dir())
 # What a real image bakes into its environment; here taken from the agent's own environment.
 PASS_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_HOME",
             "NEMO_CACHE_DIR", "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL", "TZ")

@@ -36,7 +36,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 RESTARTABLE = ("kube-controller-manager", "kube-scheduler")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/24"
-# operator/quranft/cluster/controlplane.py -> operator/ (the source root that holds quranft.cluster)
+# cluster/quranft/cluster/controlplane.py -> cluster/ (the source root that holds quranft.cluster)
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -18,9 +18,9 @@ import yaml
 from quranft.contract.keys import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
 from quranft.contract.workspace import WORKSPACE
 
-from . import access
-from .builders import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY
-from .settings import DEFAULT_TAG, IMAGE_REPO
+from quranft.operator import access
+from quranft.operator.builders import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY
+from quranft.operator.settings import DEFAULT_TAG, IMAGE_REPO
 
 EXAMPLE = access.MANIFESTS / "examples" / "cpu-stub-ctc.yaml"
 SEED_SCRIPT = f"""set -e

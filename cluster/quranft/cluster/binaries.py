@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "helm")
-# operator/quranft/cluster/binaries.py -> repository root
+# cluster/quranft/cluster/binaries.py -> repository root
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
 
