@@ -20,18 +20,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import images, podhosts, volumes
 from .envvars import ContainerConfigError, command_line, container_env
-from .gpus import requested
-from .memcg import memory_limit
+from .gpus import GpuAllocator, requested
+from .kube import Kube
+from .memcg import MemoryCgroups, memory_limit
+from .podprocs import ProcRegistry
 from .podstatus import (ContainerRecord, foreign_conditions, now, pod_phase, pod_status, terminated_state,
                         termination_message)
 from .procs import Proc
-
-if TYPE_CHECKING:
-    from .nodeagent import NodeAgent
 
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
 POLL = 0.2
@@ -48,8 +47,44 @@ def should_restart(policy: str, exit_code: int) -> bool:
     return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
 
+class NodeServices(Protocol):
+    """What a pod worker needs from the node agent that runs it (nodeagent.NodeAgent provides it; this
+    module imports no nodeagent, so the two do not depend on each other)."""
+
+    @property
+    def state_dir(self) -> Path: ...  # pods/<uid>/ under it holds each pod's volumes, logs, hosts file
+
+    @property
+    def shim_dir(self) -> Path: ...  # the runtimes' `quranft` launcher (images.write_shim)
+
+    @property
+    def kube(self) -> Kube: ...  # the pod's status patches and its final deletion
+
+    @property
+    def lookup(self) -> volumes.Lookup: ...  # ConfigMaps, Secrets, claims, tokens for volumes and env
+
+    @property
+    def api_host_port(self) -> tuple[str, int]: ...  # KUBERNETES_SERVICE_HOST/PORT for the containers
+
+    @property
+    def capacity(self) -> dict[str, str]: ...  # the node's, for resourceFieldRef env without a limit
+
+    @property
+    def gpus(self) -> GpuAllocator: ...
+
+    @property
+    def memcg(self) -> MemoryCgroups | None: ...  # None: memory limits not enforced
+
+    @property
+    def registry(self) -> ProcRegistry: ...  # every container process, for `cluster down` to stop
+
+    def event(self, pod: dict, kind: str, reason: str, message: str) -> None: ...
+
+    def worker_done(self, worker: PodWorker) -> None: ...
+
+
 class PodWorker(threading.Thread):
-    def __init__(self, agent: "NodeAgent", pod: dict):
+    def __init__(self, agent: NodeServices, pod: dict):
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.agent, self.pod = agent, pod
