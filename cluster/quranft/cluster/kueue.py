@@ -28,24 +28,22 @@ log in <cluster state>/logs/kueue.log.
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import json
 import os
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import pki
+from .addon import AddonFiles, AddonState, http_status
 from .binaries import REPO_ROOT
 from .controlplane import Cluster, StateDir, free_ports, write_kubeconfig
-from .procs import Proc, stop as stop_procs
+from .procs import Proc
 
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "kueue" / "build.sh"
 NAMESPACE = "kueue-system"
@@ -73,10 +71,8 @@ class KueueBuild:
 
 
 @dataclass
-class KueueState:
-    proc: dict = field(default_factory=dict)
+class KueueState(AddonState):
     ports: dict[str, int] = field(default_factory=dict)
-    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -220,33 +216,9 @@ def _write(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------- process
 
 
-class _Paths:
+class _Paths(AddonFiles[KueueState]):
     def __init__(self, cluster_root: Path):
-        self.root = cluster_root / "kueue"
-        self.state = self.root / "state.json"
-        self.log = cluster_root / "logs" / "kueue.log"
-
-    def load(self) -> KueueState:
-        try:
-            return KueueState(**json.loads(self.state.read_text()))
-        except (OSError, ValueError, TypeError):
-            return KueueState()
-
-    def save(self, state: KueueState) -> None:
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        tmp.replace(self.state)
-
-
-def _get(url: str, timeout: float = 2.0) -> int:
-    """Status of a plain GET (Kueue's health probes are HTTP on loopback); 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return 0
+        super().__init__(cluster_root, "kueue", KueueState)
 
 
 def _handle(paths: _Paths, state: KueueState) -> Kueue:
@@ -256,10 +228,10 @@ def _handle(paths: _Paths, state: KueueState) -> Kueue:
 def attach(cluster: Cluster) -> Kueue | None:
     """The cluster's running Kueue, or None."""
     paths = _Paths(cluster.state_dir)
-    state = paths.load()
-    if not state.proc or not Proc.from_json(state.proc).alive():
+    state = paths.running()
+    if state is None:
         return None
-    if _get(f"http://127.0.0.1:{state.ports['health']}/readyz") != 200:
+    if http_status(f"http://127.0.0.1:{state.ports['health']}/readyz") != 200:
         return None
     return _handle(paths, state)
 
@@ -273,7 +245,7 @@ def start(cluster: Cluster, timeout: float = 120.0, log=print) -> Kueue:
         if running:
             log(f"kueue: already running (log {paths.log})")
             return running
-        _stop_locked(paths)  # a manager left from a cluster that is gone
+        paths.stop()  # a manager left from a cluster that is gone
         return _start_locked(cluster, paths, timeout, log)
 
 
@@ -341,13 +313,13 @@ def _start_locked(cluster: Cluster, paths: _Paths, timeout: float, log) -> Kueue
     proc = Proc.from_json(state.proc)
     deadline = time.monotonic() + timeout
     try:
-        _wait(lambda: _get(f"http://127.0.0.1:{ports['health']}/readyz") == 200, deadline, proc, paths,
+        _wait(lambda: http_status(f"http://127.0.0.1:{ports['health']}/readyz") == 200, deadline, proc, paths,
               "Kueue /readyz")
         _kubectl_apply(cluster, hooks, "webhook configurations")
         _wait(lambda: webhook_suspends_jobs(cluster), deadline, proc, paths,
               "Kueue's Job webhook through the API server")
     except KueueError:
-        _stop_locked(paths)
+        paths.stop()
         raise
     log(f"kueue: ready in {time.monotonic() - t0:.1f} s (webhooks {base_url}, log {paths.log})")
     return _handle(paths, state)
@@ -372,15 +344,9 @@ def _wait(predicate, deadline: float, proc: Proc, paths: _Paths, what: str) -> N
         if predicate():
             return
         if not proc.alive():
-            raise KueueError(f"kueue exited while waiting for {what}; last lines of {paths.log}:\n{_tail(paths.log)}")
+            raise KueueError(f"kueue exited while waiting for {what}; last lines of {paths.log}:\n{paths.tail()}")
         time.sleep(0.3)
-    raise KueueError(f"timed out waiting for {what}; log {paths.log}:\n{_tail(paths.log)}")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
+    raise KueueError(f"timed out waiting for {what}; log {paths.log}:\n{paths.tail()}")
 
 
 def stop(cluster_root: Path, log=print) -> bool:
@@ -395,18 +361,9 @@ def stop(cluster_root: Path, log=print) -> bool:
     if cluster is not None:
         remove_webhooks(cluster)
     with StateDir(cluster_root).lock():
-        was = _stop_locked(paths)
+        was = paths.stop()
     if was:
         log("kueue: stopped")
-    return was
-
-
-def _stop_locked(paths: _Paths) -> bool:
-    state = paths.load()
-    was = bool(state.proc) and Proc.from_json(state.proc).alive()
-    if state.proc:
-        stop_procs([Proc.from_json(state.proc)], grace=10.0)
-    paths.state.unlink(missing_ok=True)
     return was
 
 

@@ -21,20 +21,18 @@ objects that are gone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .addon import AddonFiles, AddonState, http_status
 from .binaries import REPO_ROOT
 from .controlplane import StateDir, free_ports
-from .procs import Proc, stop as stop_procs
+from .procs import Proc
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "mlflow_venv.sh"
 # MLflow 3 sends anonymous usage data by default; nothing here may reach out (and the sandbox cannot).
@@ -46,10 +44,8 @@ class MlflowError(RuntimeError):
 
 
 @dataclass
-class MlflowState:
-    proc: dict = field(default_factory=dict)
+class MlflowState(AddonState):
     port: int = 0
-    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,39 +93,22 @@ def command(mlflow_bin: Path, root: Path, port: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------- process
 
 
-class _Paths:
+class _Paths(AddonFiles[MlflowState]):
     def __init__(self, cluster_root: Path):
-        self.root = cluster_root / "mlflow"
-        self.state = self.root / "state.json"
+        super().__init__(cluster_root, "mlflow", MlflowState)
         self.port = self.root / "port"  # kept across stops: a restarted server keeps its URI
-        self.log = cluster_root / "logs" / "mlflow.log"
-
-    def load(self) -> MlflowState:
-        try:
-            return MlflowState(**json.loads(self.state.read_text()))
-        except (OSError, ValueError, TypeError):
-            return MlflowState()
-
-    def save(self, state: MlflowState) -> None:
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        tmp.replace(self.state)
 
 
 def healthy(uri: str, timeout: float = 2.0) -> bool:
     """The server's own health endpoint answers 200 OK."""
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return http_status(f"{uri}/health", timeout) == 200
 
 
 def attach(cluster_root: Path) -> MlflowServer | None:
     """The cluster's running, healthy tracking server, or None."""
     paths = _Paths(cluster_root)
-    state = paths.load()
-    if not state.proc or not Proc.from_json(state.proc).alive():
+    state = paths.running()
+    if state is None:
         return None
     server = MlflowServer(paths.root, paths.log, state.port)
     return server if healthy(server.uri) else None
@@ -144,7 +123,7 @@ def start(cluster_root: Path, timeout: float = 120.0, log=print) -> MlflowServer
         if running:
             log(f"mlflow: already running at {running.uri} (log {paths.log})")
             return running
-        _stop_locked(paths)  # a server left half-started, or whose port is taken
+        paths.stop()  # a server left half-started, or whose port is taken
         return _start_locked(paths, timeout, log)
 
 
@@ -168,11 +147,11 @@ def _start_locked(paths: _Paths, timeout: float, log) -> MlflowServer:
     deadline = time.monotonic() + timeout
     while not healthy(server.uri):
         if not proc.alive():
-            _stop_locked(paths)
-            raise MlflowError(f"mlflow server exited while starting; last lines of {paths.log}:\n{_tail(paths.log)}")
+            paths.stop()
+            raise MlflowError(f"mlflow server exited while starting; last lines of {paths.log}:\n{paths.tail()}")
         if time.monotonic() > deadline:
-            _stop_locked(paths)
-            raise MlflowError(f"timed out waiting for {server.uri}/health; log {paths.log}:\n{_tail(paths.log)}")
+            paths.stop()
+            raise MlflowError(f"timed out waiting for {server.uri}/health; log {paths.log}:\n{paths.tail()}")
         time.sleep(0.3)
     log(f"mlflow: ready in {time.monotonic() - t0:.1f} s at {server.uri} (store {paths.root}, log {paths.log})")
     return server
@@ -191,29 +170,14 @@ def _port(paths: _Paths) -> int:
     return port
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 def stop(cluster_root: Path, log=print, wipe: bool = False) -> bool:
     """Stop the cluster's tracking server (if any); True when one was running. `wipe` also removes its store
     (the SQLite file and the artifacts)."""
     paths = _Paths(cluster_root)
     with StateDir(cluster_root).lock():
-        was = _stop_locked(paths)
+        was = paths.stop()
         if wipe:
             shutil.rmtree(paths.root, ignore_errors=True)
     if was:
         log("mlflow: stopped" + (" and its store removed" if wipe else ""))
-    return was
-
-
-def _stop_locked(paths: _Paths) -> bool:
-    state = paths.load()
-    was = bool(state.proc) and Proc.from_json(state.proc).alive()
-    if state.proc:
-        stop_procs([Proc.from_json(state.proc)], grace=10.0)
-    paths.state.unlink(missing_ok=True)
     return was
