@@ -34,10 +34,15 @@ if [ "$(cat "$venv/.quranft-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$venv/.quranft-stamp"
   log "Python environment ready in $(( $(date +%s) - start )) s"
 else
-  # The editable install points at one checkout; re-point it when run from another clone (CI).
+  # The editable install maps each package to its folder in one checkout; re-install when run from another
+  # clone (CI) or when a package is not where the install maps it (a package added or moved to another root).
   "$venv/bin/python" - "$root" <<'PY' || "$venv/bin/pip" install -q --no-deps -e "$root"
-import sys, pathlib, quranft.cli as c
-sys.exit(0 if pathlib.Path(c.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve()) else 1)
+import importlib.util, pathlib, sys, tomllib
+root = pathlib.Path(sys.argv[1]).resolve()
+roots = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["where"]
+folders = [p for r in roots for p in sorted((root / r / "quranft").glob("*/")) if p.name != "__pycache__"]
+specs = {p: importlib.util.find_spec(f"quranft.{p.name}") for p in folders}
+sys.exit(0 if folders and all(s and p in map(pathlib.Path, s.submodule_search_locations or []) for p, s in specs.items()) else 1)
 PY
 fi
 
