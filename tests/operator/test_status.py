@@ -9,7 +9,9 @@ import pytest
 from specs import body
 
 from quranft.operator.observe import JobView, PodView, job_view, pod_view
-from quranft.operator.status import Observed, derive, now_iso, parse_summary, status_patch, transition_events
+from quranft.operator import builders
+from quranft.operator.status import Observed, now_iso, parse_summary, status_patch, transition_events
+from quranft.operator.steps import derive
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 EARLIER = NOW - timedelta(minutes=5)
@@ -44,6 +46,14 @@ def status(*conditions, **fields) -> dict:
     return {"phase": fields.pop("phase", "Training"), "conditions": [dict(c) for c in conditions], **fields}
 
 
+def entry(name: str, spec: dict | None = None, **fields) -> dict:
+    """Another run's index entry (handlers.run_entry): by default on this run's claim with the same data."""
+    spec = SPEC if spec is None else spec
+    return {"name": name, "namespace": META["namespace"], "claim": builders.claim_name(spec, name),
+            "dataHash": builders.spec_data_hash(spec), "phase": "Training", "dataReady": False, "preparing": False,
+            "resultsPath": None, **fields}
+
+
 def cond(st: dict, ctype: str) -> dict | None:
     return next((c for c in st.get("conditions", []) if c["type"] == ctype), None)
 
@@ -70,9 +80,9 @@ CASES = [
      {"Failed": ("True", "ConfigError")}),
     ("queued", {}, {"admitted": False, "admission_message": "2/2 trainings running"}, "Queued", None,
      {"QuotaAdmitted": ("False", "OperatorBudget")}),
-    ("sibling-data", status(ADMITTED, phase="PreparingData"), {"sibling_data": "v2"}, "Training", "train",
+    ("sibling-data", status(ADMITTED, phase="PreparingData"), {"runs": (entry("v2", dataReady=True),)}, "Training", "train",
      {"DataReady": ("True", "ReusedFromSibling")}),
-    ("sibling-preparing", status(ADMITTED, phase="PreparingData"), {"sibling_preparing": "v2"}, "PreparingData",
+    ("sibling-preparing", status(ADMITTED, phase="PreparingData"), {"runs": (entry("v2", preparing=True),)}, "PreparingData",
      None, {"DataReady": ("False", "WaitingForSibling")}),
     ("prepare-running", status(ADMITTED), {"jobs": {"prepare": job("prepare", active=1, pods=(pod(running=True,
      phase="Running"),))}}, "PreparingData", None, {"DataReady": ("False", "Preparing")}),
@@ -147,10 +157,6 @@ CASES = [
      {"VerdictTruncated": ("True", "VerdictTruncated")}),
     ("verdict-not-yet-observed", status(ADMITTED, READY, TRAINED), {"jobs": {"benchmark": job("benchmark",
      complete=True, completion_time=NOW, pods=(pod(running=True, phase="Running"),))}}, "Training", None, {}),
-    ("baseline-wait", status(ADMITTED, READY, TRAINED), {"baseline_wait": "waiting for v2"}, "Benchmarking",
-     None, {"Benchmarked": ("False", "WaitingForBaseline")}),
-    ("baseline-missing", status(ADMITTED, READY, TRAINED), {"baseline_error": "v2 not found"}, "Failed", None,
-     {"Failed": ("True", "BaselineUnavailable")}),
     ("train-job-lost", status(ADMITTED, READY, jobs={"train": "v3-train"}), {"lost": frozenset({"train"})},
      "Failed", None, {"Failed": ("True", "JobLost")}),
     ("terminal-is-sticky", status(ADMITTED, phase="Succeeded", verdict="neutral"), {"config_error": "x"},
@@ -382,7 +388,6 @@ def test_waiting_for_gpu_is_a_normal_event_with_the_schedulers_message():
 
 # --- multi-node groups ------------------------------------------------------------------------------------------
 
-from quranft.operator import builders  # noqa: E402
 from quranft.operator.status import TERMINAL, terminal_stop_notice  # noqa: E402
 
 PAIR = body(spec_overrides={"resources": {"nodes": 2, "gpus": 0, "distributedBackend": "gloo", "backoffLimit": 2}})
@@ -527,7 +532,7 @@ def test_an_attempt_newer_than_the_status_is_adopted_with_its_counts():
 
 
 def test_policy_messages_of_the_job_controller_parse():
-    from quranft.operator.status import _group_cause
+    from quranft.operator.steps import _group_cause
 
     job = killed_group()
     assert _group_cause(job)[0] == "failed" and _group_cause(job)[1].name == "v3-train-1-x"
@@ -625,3 +630,38 @@ def test_progress_keeps_the_metrics_early_stopping_reads():
     d2 = derive(SPEC, META, d.status, Observed(now=NOW, progress=later, jobs={"train": TRAINING_JOB}))
     assert (d2.status["progress"]["valWer"], d2.status["progress"]["valWerStep"]) == (0.5, 25)
     assert d2.status["progress"]["step"] == 35
+
+
+# --- transition events: the runs' rule and the campaigns' (one function, the warning set and a skip predicate) -----
+
+def _promoted(cond: dict) -> bool:
+    return cond["type"] == "Promoted" and cond.get("status") == "True"
+
+
+def _c(ctype: str, value: str, reason: str) -> dict:
+    return {"type": ctype, "status": value, "reason": reason, "message": "m"}
+
+
+@pytest.mark.parametrize("old,new", [
+    ({}, {"phase": "Running", "conditions": [_c("Failed", "True", "InvalidBaseline")]}),
+    ({"phase": "Running"}, {"phase": "Running", "conditions": [_c("VariantsValid", "False", "InvalidVariants")]}),
+    ({"conditions": [_c("Promoted", "False", "Waiting")]}, {"conditions": [_c("Promoted", "True", "Promoted")]}),
+    ({"conditions": [_c("Notified", "False", "x")]}, {"conditions": [_c("Notified", "False", "NotifyFailed"),
+                                                                      _c("Done", "True", "Done")]}),
+])
+def test_one_transition_events_function_serves_the_campaigns(old, new):
+    from quranft.operator import campaign_derive
+
+    ours = transition_events(old, new, campaign_derive.WARNING_CONDITIONS, skip=_promoted)
+    assert ours == campaign_derive._transition_events(old, new)
+
+
+@pytest.mark.parametrize("cond_,kind", [
+    (_c("StartupBlocked", "True", "WaitingForGPU"), "Normal"),
+    (_c("StartupBlocked", "True", "ImagePullFailure"), "Warning"),
+    (_c("Preempted", "False", "Readmitted"), "Normal"),
+    (_c("Trained", "False", "Training"), "Normal"),
+])
+def test_run_transition_events_warn_on_the_run_conditions(cond_, kind):
+    assert transition_events({}, {"conditions": [cond_]}) == [(kind, cond_["reason"], f"{cond_['type']}="
+                                                                                       f"{cond_['status']}: m")]

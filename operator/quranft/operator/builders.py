@@ -37,12 +37,12 @@ from quranft.contract.config import ConfigError, RunConfig, data_spec_hash, form
 from quranft.trainer.tracking import CLIENT_ENV as MLFLOW_CLIENT_ENV
 
 from .settings import OperatorSettings
+from .stages import STAGE_SUFFIX  # noqa: F401  (the Job name suffixes, from the one stage table)
 
 # The Job controller's per-pod completion index of an Indexed Job (annotation and label on every pod).
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
-STAGE_SUFFIX = {"prepare": "prepare", "train": "train", "benchmark": "bench"}
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_NAME = 63
 # Ranks of one run at most (nodes x devices per node); the CRD has the same ceiling as a CEL rule.

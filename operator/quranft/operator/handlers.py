@@ -43,12 +43,13 @@ from kubernetes.client.exceptions import ApiException
 
 from quranft.contract.config import ConfigError
 
-from . import builders, status as st
+from . import builders, status as st, steps
 from .admission import Admission, Entry, charged_gpus
 from .kube import Kube
 from .metrics import Metrics
-from .observe import JobView, job_view, kueue_state, parse_time, pod_view
+from .observe import JobView, job_view, kueue_state, pod_view
 from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
+from .stages import current_stage
 from .wakeups import Topic, Waiters, Wake, Wakeups, next_pass_in, wait_topic, waits_on_others
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -290,16 +291,12 @@ def reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger, 
         started = time.monotonic()
         now = datetime.now(timezone.utc)
         if status.get("phase") in st.TERMINAL:
-            changes: dict[str, Any] = {}
-            events: list[tuple[str, str, str]] = []
-            notice = st.terminal_stop_notice(meta, status, now)
-            if notice is not None:  # a stop request after the end: say once that it changes nothing
-                changes.update(st.status_patch(status, notice))
-                events += st.transition_events(status, notice)
-            changes.update(_cleanup_after_ttl(spec, meta, status, now, memo, body))
-            written = _write_status(memo, body, changes, events)
+            # Only the table's terminal rows: a stop request after the end said once, the cleanup after the TTL.
+            ended = steps.derive_ended(spec, meta, status, now)
+            apply(ended, spec, meta, memo, body, logger)
+            new = ended.status
+            written = _write_status(memo, body, st.status_patch(status, new), st.transition_events(status, new))
             memo.metrics.phases.set(uid, status["phase"])
-            new = {**status, **changes}
             return Outcome(written, next_pass_in(spec, new, {}, now, progress_in=None,
                                                  image_pull_deadline_s=cfg.image_pull_deadline_seconds,
                                                  default_startup_deadline_s=cfg.startup_deadline_seconds))
@@ -308,8 +305,8 @@ def reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger, 
         new, events, created = status, [], {}
         for _ in range(SETTLE_STEPS):
             obs = observe(spec, meta, new, now, memo, run_jobs, run_pods, runs, created)
-            derived = st.derive(spec, meta, new, obs)
-            job = apply(derived, obs, spec, meta, memo, body, logger)
+            derived = steps.derive(spec, meta, new, obs)
+            job = apply(derived, spec, meta, memo, body, logger)
             if job is not None:
                 created[derived.action] = job
             events += st.transition_events(new, derived.status)
@@ -321,7 +318,7 @@ def reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger, 
                 break
         written = _write_status(memo, body, st.status_patch(status, new), events)
         memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
-        current = _current_stage(new)
+        current = current_stage(new)
         jobs = {current: obs.jobs[current]} if current in obs.jobs else {}
         return Outcome(written, next_pass_in(spec, new, jobs, now, progress_in=_progress_in(uid, obs, memo),
                                              image_pull_deadline_s=cfg.image_pull_deadline_seconds,
@@ -388,7 +385,7 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
         if view.owner_uid == uid and (view.stage not in jobs or view.attempt > jobs[view.stage].attempt):
             jobs[view.stage] = view
     lost: set[str] = set()
-    current = _current_stage(status)
+    current = current_stage(status)
     named = (status.get("jobs") or {}).get(current) if current else None
     newest = jobs.get(current) if current else None
     if current and named and (newest is None or (newest.name != named
@@ -423,23 +420,6 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
         everyone = [e for key in runs for e in runs[key]]
         admitted, admission_message = memo.admission.admit((ns, name), [_entry(e) for e in everyone])
 
-    sibling_data = sibling_preparing = None
-    if not st.condition_true(status, "DataReady") and "prepare" not in jobs and not config_error:
-        claim, data_hash = builders.claim_name(spec, name), builders.spec_data_hash(spec)
-        for e in entries:
-            if e["name"] == name or e["claim"] != claim or e["dataHash"] != data_hash:
-                continue
-            if e["dataReady"]:
-                sibling_data = e["name"]
-                break
-            if e["preparing"]:
-                sibling_preparing = e["name"]
-
-    baseline_results = baseline_wait = baseline_error = None
-    ref = (((spec.get("benchmark") or {}).get("baseline") or {}).get("qftRef") or {}).get("name")
-    if ref and st.condition_true(status, "Trained") and "benchmark" not in jobs:
-        baseline_results, baseline_wait, baseline_error = _baseline(ref, spec, name, entries)
-
     progress = None
     train = jobs.get("train")
     reporter = _reporter(train) if train else None
@@ -450,16 +430,14 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
             progress = kube.last_progress(ns, reporter.name)
 
     return st.Observed(now=now, jobs=jobs, config_error=config_error, admitted=admitted,
-                       admission_message=admission_message, sibling_data=sibling_data,
-                       sibling_preparing=sibling_preparing, baseline_results=baseline_results,
-                       baseline_wait=baseline_wait, baseline_error=baseline_error, progress=progress,
+                       admission_message=admission_message, runs=tuple(entries), progress=progress,
                        lost=frozenset(lost), image_pull_deadline_s=cfg.image_pull_deadline_seconds,
                        default_startup_deadline_s=cfg.startup_deadline_seconds)
 
 
-def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: Mapping[str, Any],
-          memo: kopf.Memo, body: Mapping[str, Any], logger: logging.Logger) -> dict[str, Any] | None:
-    """Carries out the derived action; returns the stage Job it created or adopted, if any."""
+def apply(derived: st.Derived, spec: Mapping[str, Any], meta: Mapping[str, Any], memo: kopf.Memo,
+          body: Mapping[str, Any], logger: logging.Logger) -> dict[str, Any] | None:
+    """Carries out the derived plan (it reads nothing else); returns the stage Job it created or adopted, if any."""
     kube: Kube = memo.kube
     cfg: OperatorSettings = memo.settings
     if derived.suspend:
@@ -469,6 +447,10 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
     for job in derived.delete_jobs:
         kube.delete_job(meta["namespace"], job)  # its pods get SIGTERM (checkpoint) from the garbage collector
         kopf.event(body, type="Normal", reason="JobDeleted", message=f"Job {job}")
+    if derived.clean_up is not None:
+        for job in derived.clean_up:
+            kube.delete_job(meta["namespace"], job)  # pods go with it; models and the claim stay
+        kopf.event(dict(body), type="Normal", reason="CleanedUp", message=f"deleted Jobs {list(derived.clean_up)}")
     stage = derived.action
     if not stage:
         return None
@@ -479,7 +461,7 @@ def apply(derived: st.Derived, obs: st.Observed, spec: Mapping[str, Any], meta: 
     kwargs: dict[str, Any] = {}
     if stage == "benchmark":
         kwargs["model_path"] = (derived.status.get("model") or {}).get("path")
-        kwargs["baseline_results"] = obs.baseline_results
+        kwargs["baseline_results"] = derived.baseline_results
     if stage == "train":
         service = builders.build_rank_service(spec, meta)
         if service is not None:
@@ -521,13 +503,6 @@ def _attempt_named(status: Mapping[str, Any], stage: str) -> int:
     return int((status.get("training") or {}).get("groupRestarts") or 0) if stage == "train" else 0
 
 
-def _current_stage(status: Mapping[str, Any]) -> str | None:
-    if not st.condition_true(status, "DataReady"):
-        return "prepare"
-    if not st.condition_true(status, "Trained"):
-        return "train"
-    return "benchmark"
-
 
 def _with_pods(job: JobView, pods: Any) -> JobView:
     mine = tuple(p for p in pods if not p.job_uid or p.job_uid == job.uid)
@@ -545,39 +520,6 @@ def _entry(e: Mapping[str, Any]) -> Entry:
                  holding=e["holding"], finished=e["finished"])
 
 
-def _baseline(ref: str, spec: Mapping[str, Any], name: str, entries: list) -> tuple[str | None, str | None,
-                                                                                      str | None]:
-    match = next((e for e in entries if e["name"] == ref), None)
-    if match is None:
-        return None, None, f"baseline QuranFineTune {ref!r} not found in this namespace"
-    if match["claim"] != builders.claim_name(spec, name):
-        return None, None, f"baseline {ref!r} uses claim {match['claim']}; this run uses " \
-                           f"{builders.claim_name(spec, name)}: results must be on the same claim"
-    if match["phase"] == "Failed":
-        return None, None, f"baseline {ref!r} failed, so it has no benchmark results"
-    if match["phase"] == "Succeeded" and match["resultsPath"]:
-        return match["resultsPath"], None, None
-    return None, f"waiting for baseline {ref!r} (phase {match['phase'] or 'Pending'}) to finish its benchmark", None
-
-
-def _cleanup_after_ttl(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any],
-                       now: datetime, memo: kopf.Memo, body: Mapping[str, Any]) -> dict[str, Any]:
-    """The status change once spec.ttlSecondsAfterFinished passed (Jobs deleted by the cleanup policy)."""
-    ttl = spec.get("ttlSecondsAfterFinished")
-    if ttl is None or status.get("cleanedUp"):
-        return {}
-    done = parse_time(status.get("completionTime"))
-    if done is None or (now - done).total_seconds() < int(ttl):
-        return {}
-    policy = (spec.get("cleanup") or {}).get("onSuccess" if status["phase"] == "Succeeded" else "onFailure", "Keep")
-    if policy == "DeleteJobs":
-        jobs = set((status.get("jobs") or {}).values())
-        restarts = int((status.get("training") or {}).get("groupRestarts") or 0)
-        jobs |= {builders.train_job_name(meta["name"], attempt, builders.nodes_of(spec)) for attempt in range(restarts)}
-        for job in sorted(jobs):
-            memo.kube.delete_job(meta["namespace"], job)  # pods go with it; models and the claim stay
-        kopf.event(dict(body), type="Normal", reason="CleanedUp", message=f"deleted Jobs {sorted(jobs)}")
-    return {"cleanedUp": True}
 
 
 def _record_metrics(metrics: Metrics, uid: str, obs: st.Observed, old: Mapping[str, Any],

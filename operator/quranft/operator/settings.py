@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quranft.contract.keys import GROUP, KIND, PLURAL, VERSION  # noqa: F401  (re-exported)
 
+from .stages import STAGES  # noqa: F401  (re-exported; the order lives in the one stage table)
+
 IMAGE_REPO = "ghcr.io/quran-finetune"
 DEFAULT_TAG = "0.1.0"
-STAGES = ("prepare", "train", "benchmark")
 
 
 class OperatorSettings(BaseModel):

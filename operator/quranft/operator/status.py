@@ -1,5 +1,9 @@
-"""Status derivation: ONE pure function from (spec, metadata, current status, observed children) to the
-new status and the next action. No I/O: the handlers gather the observations and apply the result.
+"""What status derivation is made of: the observations (Observed), the plan (Derived), the draft a pass builds
+(Draft), conditions, termination messages, failure and start-up classification, transition events. No I/O.
+
+The derivation itself, one pure function from (spec, metadata, current status, observations) to the new status
+and the next action, is steps.derive: a pipeline over the stage table (stages.PIPELINE). observe.py gathers the
+observations; handlers.apply carries out the plan.
 
 Phases: Pending -> Queued -> PreparingData -> Training -> Benchmarking -> Succeeded | Failed
 (Suspended while spec.suspend holds the active Job; Stopped when a stop request, the annotation
@@ -13,14 +17,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Callable, Collection, Mapping
 
-from quranft.contract import workspace as layout
-from quranft.contract.exits import FATAL_EXIT_CODES, PREEMPTED_REASON, REASON_BY_EXIT, ExitCode
+from quranft.contract.exits import PREEMPTED_REASON, REASON_BY_EXIT
 from quranft.contract.keys import STOP_ANNOTATION
 from quranft.contract.summaries import MAX_TERMINATION_BYTES as MAX_MESSAGE_BYTES
 
-from .builders import devices_per_node, nodes_of, total_gpus
+from .builders import total_gpus
 from .observe import JobView, PodView, parse_time
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
@@ -55,11 +58,8 @@ class Observed:
     config_error: str | None = None  # the trainer's schema rejected the spec
     admitted: bool = True  # operator budget (max trainings, GPUs per namespace)
     admission_message: str = ""
-    sibling_data: str | None = None  # sibling with DataReady for the same claim + data hash
-    sibling_preparing: str | None = None  # sibling preparing that same data right now
-    baseline_results: str | None = None  # spec.benchmark.baseline.qftRef: its results file, once ready
-    baseline_wait: str | None = None  # ... still running
-    baseline_error: str | None = None  # ... failed or missing
+    # The index entries (handlers.run_entry) of the runs in this namespace: siblings' data, the baseline run.
+    runs: tuple[Mapping[str, Any], ...] = ()
     progress: Mapping[str, Any] | None = None  # last QURANFT_PROGRESS line of the training pod
     lost: frozenset[str] = frozenset()  # stages whose Job the status names but the API no longer has
     # Operator settings for a run without spec.startupDeadlineSeconds (see startup_problem).
@@ -75,6 +75,8 @@ class Derived:
     attempt: int = 0  # with action "train": the attempt of a multi-node group (its Job name, see builders)
     group_failures: int = 0  # ... and the group failures counted before it (carried on that Job)
     delete_jobs: tuple[str, ...] = ()  # Jobs to delete (a stopped run's Kueue-managed Job)
+    baseline_results: str | None = None  # with action "benchmark": the baseline run's results file
+    clean_up: tuple[str, ...] | None = None  # the TTL passed, cleanup policy DeleteJobs: the Jobs to delete
 
 
 def now_iso(now: datetime) -> str:
@@ -249,7 +251,9 @@ def _pod_startup_problem(pod: PodView, now: datetime, deadline_s: int | None, im
 
 # --- the derivation -----------------------------------------------------------------------------------------
 
-class _Pass:
+class Draft:
+    """The status a pass is building, and the plan so far; the steps (steps.py) change it."""
+
     def __init__(self, spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any], obs: Observed):
         self.spec, self.meta, self.obs = spec, meta, obs
         self.generation = int(meta.get("generation") or 1)
@@ -262,6 +266,8 @@ class _Pass:
         self.attempt = 0
         self.group_failures = 0
         self.delete_jobs: tuple[str, ...] = ()
+        self.baseline_results: str | None = None
+        self.clean_up: tuple[str, ...] | None = None
 
     def cond(self, ctype: str, status: bool | str, reason: str, message: str = "") -> None:
         value = status if isinstance(status, str) else ("True" if status else "False")
@@ -275,7 +281,8 @@ class _Pass:
         return self.done()
 
     def done(self) -> Derived:
-        return Derived(self.new, self.action, self.suspend, self.attempt, self.group_failures, self.delete_jobs)
+        return Derived(self.new, self.action, self.suspend, self.attempt, self.group_failures, self.delete_jobs,
+                       self.baseline_results, self.clean_up)
 
     def training_clock(self, end: datetime | None) -> None:
         """status.training.wallSeconds and gpuHours (wall x nodes x GPUs per node) up to `end`, while training."""
@@ -418,220 +425,6 @@ class _Pass:
         return self.fail(reason, f"{job.stage} Job {job.name}: {message}")
 
 
-def derive(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any] | None,
-           obs: Observed) -> Derived:
-    """The new status and the next action for one resource, from what is observed right now."""
-    p = _Pass(spec, meta, status or {}, obs)
-    if p.old.get("phase") in TERMINAL:
-        return p.done()  # sticky: a verdict or a failure is never rewritten by later observations
-    p.new.setdefault("phase", "Pending")
-    if obs.config_error:
-        return p.fail("ConfigError", obs.config_error)
-    for stage in ("prepare", "train", "benchmark"):
-        if stage in obs.jobs:
-            p.job_name(stage, obs.jobs[stage].name)
-    if "train" in obs.jobs:
-        _training_started(p, obs.jobs["train"])
-    if obs.progress:
-        _progress(p, obs.progress)
-    _startup_settled(p, obs.jobs)
-    stop = stop_request(meta)
-    if stop is not None:
-        train = obs.jobs.get("train")
-        if not condition_true(p.new, "Trained") and not (train and train.complete):
-            return p.stop(stop)
-        p.cond("Stopped", False, "StopIgnored", f"stop request ignored: training had finished, the run goes on to "
-                                                f"its verdict (request: {stop})")
-
-    # 1. Operator budget: a run holds a slot from data preparation to the end of training (FIFO).
-    holds_slot = "prepare" in obs.jobs or "train" in obs.jobs or condition_true(p.new, "DataReady")
-    if not condition_true(p.new, "QuotaAdmitted"):
-        if not obs.admitted and not holds_slot:
-            p.phase("Queued")
-            p.cond("QuotaAdmitted", False, "OperatorBudget", obs.admission_message)
-            return p.done()
-        if not spec.get("queueName") or "train" in obs.jobs:
-            p.cond("QuotaAdmitted", True, "Admitted", obs.admission_message or "within the operator's budget")
-
-    # 2. Data.
-    if not condition_true(p.new, "DataReady"):
-        job = obs.jobs.get("prepare")
-        if job is None:
-            if "prepare" in obs.lost:
-                return p.lost("prepare")
-            if obs.sibling_data:
-                p.cond("DataReady", True, "ReusedFromSibling",
-                       f"data already prepared by {obs.sibling_data} on the same claim")
-                p.new.setdefault("data", {})["reusedFrom"] = obs.sibling_data
-            elif obs.sibling_preparing:
-                p.phase("PreparingData")
-                p.cond("DataReady", False, "WaitingForSibling",
-                       f"{obs.sibling_preparing} is preparing the same data on the same claim")
-                return p.done()
-            else:
-                p.cond("DataReady", False, "Preparing", "creating the data preparation Job")
-                return p.create("prepare", "PreparingData")
-        elif job.complete:
-            pod = _succeeded_pod(job)
-            summary, _ = parse_summary(pod.message if pod else None)
-            if summary:
-                data = p.new.setdefault("data", {})
-                if summary.get("stats") is not None:
-                    data["stats"] = summary["stats"]
-            p.cond("DataReady", True, "Prepared", f"Job {job.name} prepared the data")
-        elif job.failed_reason:
-            return p.finished_failed(job)
-        else:
-            return p.in_progress(job, "PreparingData", "DataReady", "Preparing", "preparing the data")
-
-    # 3. Training.
-    if not condition_true(p.new, "Trained"):
-        job = obs.jobs.get("train")
-        if job is None:
-            if "train" in obs.lost:
-                return p.lost("train")
-            if spec.get("suspend"):
-                p.phase("Suspended")
-                p.cond("Suspended", True, "SuspendedBySpec", "spec.suspend is true; no training Job is created")
-                return p.done()
-            if get_condition(p.new, "Suspended"):
-                p.cond("Suspended", False, "Resumed", "spec.suspend is false")
-            p.cond("Trained", False, "Training", "creating the training Job")
-            # Re-creating the attempt the status names (an index that lags) is answered 409 and adopted.
-            p.attempt = int((p.new.get("training") or {}).get("groupRestarts") or 0)
-            p.group_failures = int((p.new.get("training") or {}).get("groupFailures") or 0)
-            return p.create("train", "Training")
-        _resumes(p, job)
-        if job.complete:
-            pod = _succeeded_pod(job)
-            if pod is None and job.completion_time and obs.now - job.completion_time < OBSERVATION_GRACE:
-                return p.done()
-            summary, _ = parse_summary(pod.message if pod else None)
-            _training_summary(p, summary)
-            _tracking(p, "train", summary)
-            p.training_clock(job.completion_time or obs.now)
-            p.new["model"] = _model(spec, meta, summary)
-            if p.new.get("progress"):
-                p.new["progress"]["step"] = p.new["model"].get("step") or p.new["progress"].get("step")
-                _display(p.new["progress"])
-            p.cond("Trained", True, "Trained", f"Job {job.name} wrote {p.new['model']['path']}")
-        elif job.failed_reason and job.indexed:
-            return _group_failed(p, job)
-        elif job.failed_reason:
-            return p.finished_failed(job)
-        else:
-            return p.in_progress(job, "Training", "Trained", "Training", "training")
-
-    # 4. Benchmark and verdict.
-    job = obs.jobs.get("benchmark")
-    if job is None:
-        if "benchmark" in obs.lost:
-            return p.lost("benchmark")
-        if obs.baseline_error:
-            return p.fail("BaselineUnavailable", obs.baseline_error)
-        if obs.baseline_wait:
-            p.phase("Benchmarking")
-            p.cond("Benchmarked", False, "WaitingForBaseline", obs.baseline_wait)
-            return p.done()
-        p.cond("Benchmarked", False, "Benchmarking", "creating the benchmark Job")
-        return p.create("benchmark", "Benchmarking")
-    if job.failed_reason:
-        return p.finished_failed(job)
-    if not job.complete:
-        return p.in_progress(job, "Benchmarking", "Benchmarked", "Benchmarking", "benchmarking")
-    pod = _succeeded_pod(job)
-    if pod is None or pod.message is None:
-        if job.completion_time is None or obs.now - job.completion_time < OBSERVATION_GRACE:
-            return p.done()  # the pod's final status is still on its way
-    summary, problem = parse_summary(pod.message if pod else None)
-    if summary is None or "verdict" not in summary:
-        problem = problem or "VerdictUnparseable"
-        size = len((pod.message or "").encode()) if pod else 0
-        message = (f"the benchmark's termination message ({size} bytes) "
-                   f"{'was cut at the 4 KB limit' if problem == 'VerdictTruncated' else 'is not the expected JSON'}"
-                   "; full results stay on the claim under runs/<name>/benchmark/")
-        p.cond(problem, True, problem, message)
-        p.cond("Benchmarked", False, problem, message)
-        return p.fail(problem, message)
-    return _verdict(p, summary)
-
-
-def _verdict(p: _Pass, summary: Mapping[str, Any]) -> Derived:
-    _tracking(p, "benchmark", summary)
-    verdict = str(summary.get("verdict"))
-    p.new["verdict"] = verdict
-    bench = {k: summary[k] for k in BENCHMARK_STATUS_KEYS if summary.get(k) is not None}
-    primary = str(summary.get("primaryMetric") or "recall")
-    if (summary.get("display") or {}).get(primary):
-        bench["deltaDisplay"] = str(summary["display"][primary])
-    p.new["benchmark"] = bench
-    metrics = summary.get("metrics") or {}
-    p.cond("Benchmarked", True, "Benchmarked",
-           f"recall {metrics.get('recall')}, sequenceAccuracy {metrics.get('sequenceAccuracy')} "
-           f"({summary.get('verdictHead') or 'ctc'} head)")
-    reason = {"improvement": "Improvement", "regression": "Regression"}.get(verdict, "Neutral")
-    if verdict == "neutral" and summary.get("reason") in ("Inconclusive", "NoBaseline"):
-        reason = str(summary["reason"])
-    p.cond("Improved", verdict == "improvement", reason, _verdict_message(verdict, summary, primary))
-    leakage = summary.get("leakage") or {}
-    leaked = int(leakage.get("exactAudio") or 0) + int(leakage.get("sameReciterVerse") or 0)
-    if leaked:
-        p.cond("BenchmarkLeakage", True, "BenchmarkLeakage",
-               f"{leakage.get('exactAudio', 0)} corpus clip(s) are exact audio duplicates of training/validation "
-               f"clips ({leakage.get('excluded', 0)} left out of the scores) and {leakage.get('sameReciterVerse', 0)} "
-               "have the same reciter on the same verse there; the scores may be inflated")
-    p.new["phase"] = "Succeeded"
-    p.new["completionTime"] = now_iso(p.obs.now)
-    return p.done()
-
-
-def _verdict_message(verdict: str, summary: Mapping[str, Any], primary: str) -> str:
-    shown = (summary.get("display") or {}).get(primary)
-    detail = f"; {primary} {shown} points (95% paired interval)" if shown else ""
-    if summary.get("reason") == "Inconclusive" and summary.get("requiredClips"):
-        detail += f"; about {summary['requiredClips']} paired clips would resolve a difference of this size"
-    return f"verdict {verdict} against the baseline ({summary.get('rule') or 'threshold'} rule){detail}"
-
-
-def _model(spec: Mapping[str, Any], meta: Mapping[str, Any], summary: Mapping[str, Any] | None) -> dict[str, Any]:
-    summary = summary or {}
-    model = {"path": summary.get("modelPath") or str(layout.model_path(meta["name"]))}
-    for src, dst in (("sizeBytes", "sizeBytes"), ("sha256", "sha256"), ("dataSpecHash", "dataSpecHash"),
-                     ("step", "step"), ("finalLoss", "finalLoss"), ("valWer", "valWer")):
-        if summary.get(src) is not None:
-            model[dst] = summary[src]
-    return model
-
-
-def _startup_settled(p: _Pass, jobs: Mapping[str, JobView]) -> None:
-    """StartupBlocked=True ends once the latest stage's pod has started, including one that waited, started and
-    finished between two passes (running_stage only sees unfinished Jobs)."""
-    if not condition_true(p.new, "StartupBlocked"):
-        return
-    latest = next((jobs[s] for s in ("benchmark", "train", "prepare") if s in jobs), None)
-    if latest and (latest.complete or any(pod.running or pod.terminated_reason for pod in latest.pods[-1:])):
-        p.cond("StartupBlocked", False, "Started", f"the {latest.stage} pod started")
-
-
-def _progress(p: _Pass, line: Mapping[str, Any]) -> None:
-    progress = {k: line[k] for k in PROGRESS_KEYS if line.get(k) is not None}
-    old = p.old.get("progress") or {}
-    if "valWer" not in progress and old.get("valWer") is not None:
-        # Lines between validations may omit it; the last one measured stays (early stopping reads it).
-        progress.update({k: old[k] for k in ("valWer", "valWerStep") if old.get(k) is not None})
-    _display(progress)
-    p.new["progress"] = progress
-    step = line.get("lastCheckpointStep", line.get("checkpointStep"))
-    if step is not None:
-        p.new["lastCheckpoint"] = {"step": int(step), "updatedAt": str(line.get("updatedAt") or now_iso(p.obs.now))}
-    training = p.new.get("training")
-    if training is not None:
-        for key in ("worldSize", "globalBatchSize"):
-            if line.get(key) is not None:
-                training[key] = line[key]
-        p.training_clock(p.obs.now)
-
-
 def stop_request(meta: Mapping[str, Any]) -> str | None:
     """The reason of a stop request (annotation quranft.io/stop-requested), or None when there is none."""
     annotations = meta.get("annotations") or {}
@@ -642,7 +435,7 @@ def stop_request(meta: Mapping[str, Any]) -> str | None:
 
 def terminal_stop_notice(meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
     """A stop request on a run that already ended: the new status saying it was ignored, or None (no request,
-    a Stopped run, or already said). derive() never rewrites a terminal run; this adds only the condition."""
+    a Stopped run, or already said). steps.derive never rewrites a terminal run; this adds only the condition."""
     stop = stop_request(meta)
     if stop is None or status.get("phase") == "Stopped" or get_condition(status, "Stopped"):
         return None
@@ -653,154 +446,15 @@ def terminal_stop_notice(meta: Mapping[str, Any], status: Mapping[str, Any], now
     return new
 
 
-def _training_started(p: _Pass, job: JobView) -> None:
-    """status.training: the group's shape (from the spec) and when the first training Job started."""
-    training = p.new.setdefault("training", {})
-    training.setdefault("nodes", nodes_of(p.spec))
-    training.setdefault("devicesPerNode", devices_per_node(p.spec))
-    if job.start_time and not training.get("startTime"):
-        training["startTime"] = now_iso(job.start_time)
-    if job.attempt > int(training.get("groupRestarts") or 0):  # a restart whose status write was lost
-        training["groupRestarts"] = job.attempt
-        training["groupFailures"] = max(job.group_failures, int(training.get("groupFailures") or 0))
-
-
-def _tracking(p: _Pass, stage: str, summary: Mapping[str, Any] | None) -> None:
-    """status.tracking {runId, uri} from a stage summary's `tracking` (quranft.trainer.tracking); the warning
-    condition TrackingDegraded when the stage could not log everything. It is never set back to False: the
-    MLflow run misses that stage's data for good. The run itself goes on."""
-    tracking = (summary or {}).get("tracking")
-    if not isinstance(tracking, Mapping):
-        return
-    status = p.new.setdefault("tracking", {})
-    for key in ("runId", "uri"):
-        if tracking.get(key):
-            status[key] = str(tracking[key])
-    if tracking.get("ok") is False:
-        lost = tracking.get("lostSeconds")
-        p.cond("TrackingDegraded", True, "TrackingDegraded",
-               f"the {stage} stage could not log everything to MLflow"
-               + (f" (its run {tracking['runId']} misses data)" if tracking.get("runId") else " (no run)")
-               + (f"; {lost} s lost to failed calls" if lost else "")
-               + f": {_clip(str(tracking.get('error') or 'unknown error'), 300)}")
-
-
-def _training_summary(p: _Pass, summary: Mapping[str, Any] | None) -> None:
-    training = p.new.setdefault("training", {})
-    for key in TRAINING_SUMMARY_KEYS:
-        if (summary or {}).get(key) is not None:
-            training[key] = summary[key]
-
-
-_POLICY_RULE = re.compile(r"[Pp]od [^/\s]+/(\S+?)(?: failed with exit code (\d+)| has condition (\w+))? "
-                          r"matching FailJob rule at index (\d+)")
-# The multi-node Job's podFailurePolicy rules (builders.build_rank_job_fields), by index.
-RULE_FATAL, RULE_DISRUPTION, RULE_FAILED = 0, 1, 2
-
-
-def _group_cause(job: JobView) -> tuple[str, PodView | None]:
-    """What ended a failed multi-node attempt: ("fatal" | "disrupted" | "failed", the pod that did it).
-
-    The Job controller's Failed message names the pod and the podFailurePolicy rule it matched; without it
-    (an older controller, or BackoffLimitExceeded) the pods' own states decide."""
-    by_name = {pod.name: pod for pod in job.pods}
-    match = _POLICY_RULE.search(job.failed_message or "")
-    if match:
-        pod, rule = by_name.get(match.group(1)), int(match.group(4))
-        if rule in (RULE_FATAL, RULE_DISRUPTION, RULE_FAILED):
-            return {RULE_FATAL: "fatal", RULE_DISRUPTION: "disrupted", RULE_FAILED: "failed"}[rule], pod
-    failed = [pod for pod in job.pods if pod.disrupted or pod.exit_code not in (None, 0) or pod.phase == "Failed"]
-    fatal = next((pod for pod in failed if pod.exit_code in FATAL_EXIT_CODES), None)
-    if fatal:
-        return "fatal", fatal
-    disrupted = next((pod for pod in failed if pod.disrupted), None)
-    if disrupted:
-        return "disrupted", disrupted
-    # 143 is a rank the Job controller stopped after another failed; the other exit code is the cause.
-    cause = next((pod for pod in failed if pod.exit_code != ExitCode.PREEMPTED), failed[0] if failed else None)
-    return "failed", cause
-
-
-def _how_it_ended(pod: PodView | None, counted: bool) -> str:
-    if not counted:
-        return "was preempted or evicted"
-    if pod and pod.terminated_reason == "OOMKilled":
-        return "ran out of memory (OOMKilled)"
-    return f"failed with exit code {pod.exit_code}" if pod and pod.exit_code is not None else "failed"
-
-
-def _group_failed(p: _Pass, job: JobView) -> Derived:
-    """A multi-node attempt failed (builders.build_rank_job_fields): end the run, or restart the whole group
-    from the last checkpoint as the next attempt."""
-    if job.failed_reason == "DeadlineExceeded":
-        return p.finished_failed(job)
-    kind, pod = _group_cause(job)
-    since = p.obs.now - job.failed_time if job.failed_time else None
-    if pod is None and (since is None or since < OBSERVATION_GRACE):
-        return p.done()  # the pods' final states are still on their way
-    if kind == "fatal":
-        reason, message = classify_failure(job, pod)
-        return p.fail(reason, f"train Job {job.name}: {message}")
-    if any(other.running for other in job.pods) and since is not None and since < GROUP_STOP_WAIT:
-        p.cond("Trained", False, "GroupRestarting", f"Job {job.name} failed; waiting for its other ranks to stop "
-                                                    "before the group restarts")
-        return p.done()
-    limit = int((p.spec.get("resources") or {}).get("backoffLimit", 3))
-    counted = kind != "disrupted"
-    failures = job.group_failures + (1 if counted else 0)
-    rank = f"rank {pod.completion_index} (pod {pod.name})" if pod else "a rank"
-    how = _how_it_ended(pod, counted)
-    if counted and failures > limit:
-        reason, message = classify_failure(job, pod)
-        if reason in ("PodFailurePolicy", "BackoffLimitExceeded", "JobFailed"):
-            reason, message = "BackoffLimitExceeded", f"{rank} {how}"
-        return p.fail(reason, f"train Job {job.name}: {message}; the group failed {failures} times "
-                              f"(resources.backoffLimit {limit})")
-    attempt = job.attempt + 1
-    training = p.new.setdefault("training", {})
-    training.update(groupRestarts=attempt, groupFailures=failures)
-    training["lastRestart"] = {"attempt": attempt, "reason": "RankFailed" if counted else "RankDisrupted",
-                               "message": _clip(f"{rank} of {job.name} {how}", 1024), "counted": counted}
-    if not counted:
-        p.cond("Preempted", True, "Preempted", f"{rank} of {job.name} {how}; the group restarts from the last "
-                                               "checkpoint")
-    p.cond("Trained", False, "GroupRestarting",
-           f"{rank} of {job.name} {how}: the whole group restarts from the last checkpoint as attempt {attempt} "
-           f"({failures}/{limit} counted failures{'' if counted else '; a disruption is not counted'})")
-    p.attempt, p.group_failures = attempt, failures
-    return p.create("train", "Training")
-
-
-def _display(progress: dict[str, Any]) -> None:
-    if progress.get("step") is not None:
-        progress["display"] = f"{progress['step']}/{progress.get('maxSteps', '?')}"
-
-
-def _resumes(p: _Pass, job: JobView) -> None:
-    """Every training pod after the first resumed from a checkpoint (preemption, eviction, retry)."""
-    # Evicted and deleted pods vanish, and an eviction is not in the Job's `failed` counter (podFailurePolicy
-    # ignores it), so the names of the training pods seen so far are kept in the status. A pod deleted before
-    # any pass saw it is still in `failed` (less the final failure when the Job itself failed).
-    # A multi-node group is counted by its rank-0 pods: one per attempt.
-    rank0 = [pod for pod in job.pods if pod.completion_index in (None, 0)]
-    seen = list(p.new.get("trainingPods") or [])
-    seen += [pod.name for pod in sorted(rank0, key=lambda pod: pod.created or p.obs.now) if pod.name not in seen]
-    if seen:
-        p.new["trainingPods"] = seen[:MAX_TRAINING_PODS]
-    counted_failures = 0 if job.indexed else job.failed - (1 if job.failed_reason else 0)
-    restarted = max(0, len(seen) - 1, counted_failures, int((p.new.get("training") or {}).get("groupRestarts") or 0))
-    if restarted > int(p.new.get("resumeCount") or 0):
-        p.new["resumeCount"] = restarted
-    disrupted = [pod.name for pod in job.pods if pod.disrupted]
-    if disrupted:
-        p.cond("Preempted", True, "Preempted",
-               f"pod {disrupted[-1]} was preempted or evicted; a new pod resumes from the last checkpoint")
-
-
 # --- transitions -> events ------------------------------------------------------------------------------
 
-def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(type, reason, message) for each phase change and each condition whose status or reason changed."""
+def transition_events(old: Mapping[str, Any], new: Mapping[str, Any], warnings: Collection[str] = WARNING_CONDITIONS,
+                      skip: Callable[[Mapping[str, Any]], bool] | None = None) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for each phase change and each condition whose status or reason changed.
+
+    A Warning when a condition of the `warnings` set turns True or a condition's reason is in the set (a wait that
+    is the normal course, NORMAL_WAITS, stays Normal); no event for the conditions `skip` returns True for (their
+    own event says more). The runs' and the campaigns' (campaign_derive.WARNING_CONDITIONS) events alike."""
     events: list[tuple[str, str, str]] = []
     if old.get("phase") != new.get("phase"):
         events.append(("Normal", f"Phase{new.get('phase')}", f"phase {old.get('phase') or '-'} -> {new.get('phase')}"))
@@ -809,9 +463,11 @@ def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tu
         prev = before.get(cond["type"])
         if prev and prev.get("status") == cond.get("status") and prev.get("reason") == cond.get("reason"):
             continue
-        kind = "Warning" if cond["type"] in WARNING_CONDITIONS and cond.get("status") == "True" and \
-            cond.get("reason") not in NORMAL_WAITS else "Normal"
-        events.append((kind, cond.get("reason") or cond["type"],
+        if skip is not None and skip(cond):
+            continue
+        warning = ((cond["type"] in warnings and cond.get("status") == "True") or cond.get("reason") in warnings) \
+            and cond.get("reason") not in NORMAL_WAITS
+        events.append(("Warning" if warning else "Normal", cond.get("reason") or cond["type"],
                        f"{cond['type']}={cond.get('status')}: {cond.get('message', '')}"))
     return events
 
