@@ -22,7 +22,7 @@ from quranft.contract import exits, keys, progress, summaries, workspace
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_MODULES = ("quranft.contract", "quranft.contract.exits", "quranft.contract.keys",
                     "quranft.contract.progress", "quranft.contract.summaries", "quranft.contract.workspace")
-SCANNED_ROOTS = ("operator", "trainer", "benchmark")
+SCANNED_ROOTS = ("operator", "trainer", "benchmark", "cluster")
 FORBIDDEN_IMPORTS = ("quranft.operator", "quranft.trainer", "quranft.benchmark", "quranft.cluster", "quranft.cli",
                      "kubernetes", "kopf", "torch", "numpy")
 
