@@ -1,4 +1,4 @@
-"""kopf wiring: indexes of our children, and one pass loop per QuranFineTune: observe -> derive (status.py) -> apply.
+"""kopf wiring: indexes of our children, and one pass loop per QuranFineTune: observe.gather -> steps.derive -> apply.
 
 Passes are event-driven. Each QuranFineTune has one kopf daemon (`passes`), an asyncio task that runs a pass, then
 sleeps on its own wake-up (wakeups.Wake, registered in memo.wakeups under (namespace, name)) until one of these:
@@ -22,8 +22,9 @@ changed top-level keys (status.status_patch), then the transition events. The wr
 body until the watch delivers something newer (compared by resourceVersion), so a pass never decides on its own
 stale status. The pass is sync code (kubernetes client) and runs in kopf's executor.
 
-Passes gather observations from kopf's in-memory indexes (filled from watches, so a pass costs no API reads in
-the common case) and apply the one action the derivation asks for.
+Passes gather observations from kopf's in-memory indexes (observe.gather; filled from watches, so a pass costs no
+API reads in the common case) and apply the plan the derivation (steps.py, over the stage table stages.PIPELINE)
+returns.
 """
 from __future__ import annotations
 
@@ -41,13 +42,11 @@ from typing import Any, Callable, Mapping
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from quranft.contract.config import ConfigError
-
 from . import builders, status as st, steps
-from .admission import Admission, Entry, charged_gpus
+from .admission import Admission, charged_gpus
 from .kube import Kube
 from .metrics import Metrics
-from .observe import JobView, job_view, kueue_state, pod_view
+from .observe import JobView, gather, job_view, pod_view
 from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
 from .stages import current_stage
 from .wakeups import Topic, Waiters, Wake, Wakeups, next_pass_in, wait_topic, waits_on_others
@@ -304,7 +303,8 @@ def reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger, 
         # the Job exists): one status write per pass with the final result, not one per step.
         new, events, created = status, [], {}
         for _ in range(SETTLE_STEPS):
-            obs = observe(spec, meta, new, now, memo, run_jobs, run_pods, runs, created)
+            obs = gather(spec, meta, new, now, memo.kube, cfg, memo.admission, run_jobs, run_pods, runs, created,
+                         lambda jobs: _read_progress(memo, meta, jobs))
             derived = steps.derive(spec, meta, new, obs)
             job = apply(derived, spec, meta, memo, body, logger)
             if job is not None:
@@ -368,58 +368,11 @@ def _reporter(train: JobView) -> Any:
     return next((p for p in reversed(train.pods) if p.completion_index in (None, 0)), None)
 
 
-def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime,
-            memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index, runs: kopf.Index,
-            created: Mapping[str, Mapping[str, Any]] | None = None) -> st.Observed:
-    """What exists for this run; `created`: Jobs this pass just created or adopted (stage -> object), which the
-    index may not show yet."""
+def _read_progress(memo: kopf.Memo, meta: Mapping[str, Any], jobs: Mapping[str, JobView]) -> Any:
+    """The training pod's progress for this pass, when it is due (observe.gather asks for it)."""
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
     cfg: OperatorSettings = memo.settings
     kube: Kube = memo.kube
-    config_error = _config_error(spec, meta, cfg)
-
-    jobs: dict[str, JobView] = {}
-    for view in run_jobs.get((ns, name), []):
-        # A same-named Job of a deleted predecessor is not ours. Of a multi-node run's training attempts the
-        # newest counts (attempts only go up; an older one is a failed group kept for its logs).
-        if view.owner_uid == uid and (view.stage not in jobs or view.attempt > jobs[view.stage].attempt):
-            jobs[view.stage] = view
-    lost: set[str] = set()
-    current = current_stage(status)
-    named = (status.get("jobs") or {}).get(current) if current else None
-    newest = jobs.get(current) if current else None
-    if current and named and (newest is None or (newest.name != named
-                                                 and newest.attempt <= _attempt_named(status, current))):
-        # The index may simply lag behind our own create; ask the API before calling it lost. (An index newer
-        # than the status is a restart whose status write was lost: the newer attempt counts.)
-        raw = (created or {}).get(current)
-        if raw is None or raw["metadata"]["name"] != named:
-            raw = kube.get_job(ns, named)
-        if raw is None or (raw["metadata"].get("ownerReferences") or [{}])[0].get("uid") != uid:
-            lost.add(current)
-            jobs.pop(current, None)
-        else:
-            jobs[current] = job_view(raw)
-    jobs = {stage: _with_pods(view, run_pods.get((ns, name, stage), [])) for stage, view in jobs.items()}
-
-    if current in jobs:
-        job = jobs[current]
-        if not job.finished and not job.suspended and not job.pods and job.created and \
-                (now - job.created).total_seconds() > 1:
-            jobs[current] = _replace(job, quota_message=kube.failed_create_message(ns, job.name))
-        # Kueue says why a queued Job waits (quota, preemption). A GET, not an index: without Kueue the
-        # Workload CRD does not exist and a kopf index on it would fail to start.
-        if spec.get("queueName") and job.suspended and not job.finished:
-            state = kueue_state(kube.kueue_workload(ns, job.uid))
-            if state:
-                jobs[current] = _replace(jobs[current], kueue_reason=state[0], kueue_message=state[1])
-
-    entries = list(runs.get(ns, []))
-    admitted, admission_message = True, ""
-    if not config_error and not st.condition_true(status, "QuotaAdmitted") and not memo.admission.unlimited:
-        everyone = [e for key in runs for e in runs[key]]
-        admitted, admission_message = memo.admission.admit((ns, name), [_entry(e) for e in everyone])
-
     progress = None
     train = jobs.get("train")
     reporter = _reporter(train) if train else None
@@ -429,10 +382,7 @@ def observe(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[st
             memo.progress_read[uid] = time.monotonic()
             progress = kube.last_progress(ns, reporter.name)
 
-    return st.Observed(now=now, jobs=jobs, config_error=config_error, admitted=admitted,
-                       admission_message=admission_message, runs=tuple(entries), progress=progress,
-                       lost=frozenset(lost), image_pull_deadline_s=cfg.image_pull_deadline_seconds,
-                       default_startup_deadline_s=cfg.startup_deadline_seconds)
+    return progress
 
 
 def apply(derived: st.Derived, spec: Mapping[str, Any], meta: Mapping[str, Any], memo: kopf.Memo,
@@ -482,42 +432,7 @@ def apply(derived: st.Derived, spec: Mapping[str, Any], meta: Mapping[str, Any],
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
-def _config_error(spec: Mapping[str, Any], meta: Mapping[str, Any], cfg: OperatorSettings) -> str | None:
-    try:
-        builders.validate_distributed(spec)
-    except ConfigError as exc:
-        return str(exc)
-    try:
-        builders.validate_run_config(builders.run_config_doc(spec, meta))
-    except ConfigError as exc:
-        return f"the trainer would reject this spec: {exc}"
-    gpus = charged_gpus(spec)
-    if cfg.max_gpus_per_namespace and gpus > cfg.max_gpus_per_namespace:
-        shape = f"resources.nodes x gpus = {gpus}" if builders.nodes_of(spec) > 1 else f"resources.gpus: {gpus}"
-        return f"{shape} exceeds the operator's limit of {cfg.max_gpus_per_namespace} GPUs per namespace"
-    return None
 
-
-def _attempt_named(status: Mapping[str, Any], stage: str) -> int:
-    """The attempt of the Job the status names for `stage` (only training has more than one)."""
-    return int((status.get("training") or {}).get("groupRestarts") or 0) if stage == "train" else 0
-
-
-
-def _with_pods(job: JobView, pods: Any) -> JobView:
-    mine = tuple(p for p in pods if not p.job_uid or p.job_uid == job.uid)
-    return _replace(job, pods=tuple(sorted(mine, key=lambda p: (p.created.timestamp() if p.created else 0.0,
-                                                                p.name))))
-
-
-def _replace(job: JobView, **changes: Any) -> JobView:
-    from dataclasses import replace
-    return replace(job, **changes)
-
-
-def _entry(e: Mapping[str, Any]) -> Entry:
-    return Entry(namespace=e["namespace"], name=e["name"], created=e["created"], gpus=e["gpus"],
-                 holding=e["holding"], finished=e["finished"])
 
 
 

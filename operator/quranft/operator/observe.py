@@ -1,14 +1,26 @@
-"""Compact, immutable views of the children we watch (Jobs, their pods), parsed from API objects.
+"""What a pass observes: compact, immutable views of the children we watch (Jobs, their pods), parsed from API
+objects, and `gather`, which collects one pass's observations (status.Observed) from kopf's indexes and the
+few API reads they cannot answer.
 
 kopf indexes keep these views instead of whole bodies, so memory stays small with hundreds of runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from quranft.contract.config import ConfigError
 from quranft.contract.keys import GROUP_FAILURES_ANNOTATION, LABEL_ATTEMPT, LABEL_GENERATION, LABEL_STAGE
+
+from . import builders
+from .admission import Admission, Entry, charged_gpus
+from .settings import OperatorSettings
+from .stages import current_stage
+
+if TYPE_CHECKING:
+    from .kube import Kube
+    from .status import Observed
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -160,3 +172,96 @@ def kueue_state(workload: Mapping[str, Any] | None) -> tuple[str, str] | None:
     if reserved and reserved.get("status") == "False":
         return reserved.get("reason") or "Pending", reserved.get("message") or ""
     return None
+
+
+# --- gathering one pass's observations (handlers.reconcile) ---------------------------------------------------
+
+def gather(spec: Mapping[str, Any], meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime, kube: Kube,
+           cfg: OperatorSettings, admission: Admission, run_jobs: Mapping[Any, Any], run_pods: Mapping[Any, Any],
+           runs: Mapping[Any, Any], created: Mapping[str, Mapping[str, Any]] | None,
+           read_progress: Callable[[Mapping[str, JobView]], Mapping[str, Any] | None]) -> Observed:
+    """What exists for this run, from kopf's indexes (run_jobs, run_pods, runs: handlers.py) and the few API reads
+    they cannot answer; `created`: Jobs this pass just created or adopted (stage -> object), which the index may
+    not show yet; `read_progress`: the training pod's progress when it is due (handlers._read_progress)."""
+    from . import status as st  # status.py imports this module's views
+    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    config_error = _config_error(spec, meta, cfg)
+
+    jobs: dict[str, JobView] = {}
+    for view in run_jobs.get((ns, name), []):
+        # A same-named Job of a deleted predecessor is not ours. Of a multi-node run's training attempts the
+        # newest counts (attempts only go up; an older one is a failed group kept for its logs).
+        if view.owner_uid == uid and (view.stage not in jobs or view.attempt > jobs[view.stage].attempt):
+            jobs[view.stage] = view
+    lost: set[str] = set()
+    current = current_stage(status)
+    named = (status.get("jobs") or {}).get(current) if current else None
+    newest = jobs.get(current) if current else None
+    if current and named and (newest is None or (newest.name != named
+                                                 and newest.attempt <= _attempt_named(status, current))):
+        # The index may simply lag behind our own create; ask the API before calling it lost. (An index newer
+        # than the status is a restart whose status write was lost: the newer attempt counts.)
+        raw = (created or {}).get(current)
+        if raw is None or raw["metadata"]["name"] != named:
+            raw = kube.get_job(ns, named)
+        if raw is None or (raw["metadata"].get("ownerReferences") or [{}])[0].get("uid") != uid:
+            lost.add(current)
+            jobs.pop(current, None)
+        else:
+            jobs[current] = job_view(raw)
+    jobs = {stage: _with_pods(view, run_pods.get((ns, name, stage), [])) for stage, view in jobs.items()}
+
+    if current in jobs:
+        job = jobs[current]
+        if not job.finished and not job.suspended and not job.pods and job.created and \
+                (now - job.created).total_seconds() > 1:
+            jobs[current] = replace(job, quota_message=kube.failed_create_message(ns, job.name))
+        # Kueue says why a queued Job waits (quota, preemption). A GET, not an index: without Kueue the
+        # Workload CRD does not exist and a kopf index on it would fail to start.
+        if spec.get("queueName") and job.suspended and not job.finished:
+            state = kueue_state(kube.kueue_workload(ns, job.uid))
+            if state:
+                jobs[current] = replace(jobs[current], kueue_reason=state[0], kueue_message=state[1])
+
+    entries = list(runs.get(ns, []))
+    admitted, admission_message = True, ""
+    if not config_error and not st.condition_true(status, "QuotaAdmitted") and not admission.unlimited:
+        everyone = [e for key in runs for e in runs[key]]
+        admitted, admission_message = admission.admit((ns, name), [_entry(e) for e in everyone])
+
+    progress = read_progress(jobs)
+
+    return st.Observed(now=now, jobs=jobs, config_error=config_error, admitted=admitted,
+                       admission_message=admission_message, runs=tuple(entries), progress=progress,
+                       lost=frozenset(lost), image_pull_deadline_s=cfg.image_pull_deadline_seconds,
+                       default_startup_deadline_s=cfg.startup_deadline_seconds)
+
+def _config_error(spec: Mapping[str, Any], meta: Mapping[str, Any], cfg: OperatorSettings) -> str | None:
+    try:
+        builders.validate_distributed(spec)
+    except ConfigError as exc:
+        return str(exc)
+    try:
+        builders.validate_run_config(builders.run_config_doc(spec, meta))
+    except ConfigError as exc:
+        return f"the trainer would reject this spec: {exc}"
+    gpus = charged_gpus(spec)
+    if cfg.max_gpus_per_namespace and gpus > cfg.max_gpus_per_namespace:
+        shape = f"resources.nodes x gpus = {gpus}" if builders.nodes_of(spec) > 1 else f"resources.gpus: {gpus}"
+        return f"{shape} exceeds the operator's limit of {cfg.max_gpus_per_namespace} GPUs per namespace"
+    return None
+
+
+def _attempt_named(status: Mapping[str, Any], stage: str) -> int:
+    """The attempt of the Job the status names for `stage` (only training has more than one)."""
+    return int((status.get("training") or {}).get("groupRestarts") or 0) if stage == "train" else 0
+
+
+def _with_pods(job: JobView, pods: Any) -> JobView:
+    mine = tuple(p for p in pods if not p.job_uid or p.job_uid == job.uid)
+    return replace(job, pods=tuple(sorted(mine, key=lambda p: (p.created.timestamp() if p.created else 0.0, p.name))))
+
+
+def _entry(e: Mapping[str, Any]) -> Entry:
+    return Entry(namespace=e["namespace"], name=e["name"], created=e["created"], gpus=e["gpus"],
+                 holding=e["holding"], finished=e["finished"])
