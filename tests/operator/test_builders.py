@@ -160,16 +160,67 @@ def test_pvc_ownership_follows_delete_claim_on_delete():
     assert builders.build_pvc(body()["spec"], body()["metadata"]) is None
 
 
-@pytest.mark.parametrize("baseline,expected", [
-    ({"baseModel": True}, ["--baseline-model", "tiny"]),
-    ({"resultsPath": "/workspace/base.json"}, ["--baseline", "/workspace/base.json"]),
-    ({"qftRef": {"name": "v2"}}, ["--baseline", "/workspace/runs/v2/benchmark/latest.json"]),
+def _bench_settings(tmp_path, model_path=None, baseline_results=None, **spec_overrides):
+    """What the benchmark stage runs with: the Job's command parsed by the benchmark's own CLI, reading the
+    run's ConfigMap document (mounted at CONFIG_FILE in the pod, a copy here)."""
+    from quranft.benchmark import cli as bench_cli
+    from quranft.benchmark import run_settings
+
+    b = body(spec_overrides=spec_overrides)
+    kwargs = {"model_path": model_path, "baseline_results": baseline_results}
+    cmd = builders.build_job("benchmark", b["spec"], b["metadata"], SETTINGS, **kwargs)[
+        "spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:5] == ["quranft", "benchmark", "run", "--config", builders.CONFIG_FILE]
+    config = tmp_path / "config.json"
+    config.write_text(builders.build_config_map(b["spec"], b["metadata"])["data"][builders.CONFIG_KEY])
+    return run_settings.from_args(bench_cli.build_parser().parse_args(["run", "--config", str(config), *cmd[5:]]))
+
+
+@pytest.mark.parametrize("baseline,model,results", [
+    ({"baseModel": True}, "tiny", None),
+    ({"resultsPath": "/workspace/base.json"}, None, "/workspace/base.json"),
+    ({"qftRef": {"name": "v2"}}, None, "/workspace/runs/v2/benchmark/latest.json"),
 ])
-def test_benchmark_baselines(baseline, expected):
-    cmd = _job("benchmark", benchmark={"baseline": baseline})["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert cmd[:3] == ["quranft", "benchmark", "run"]
-    at = cmd.index(expected[0])
-    assert cmd[at:at + 2] == expected
+def test_benchmark_baselines(tmp_path, baseline, model, results):
+    s = _bench_settings(tmp_path, benchmark={"baseline": baseline})
+    assert (s.baseline_model, s.baseline) == (model, results)
+    assert s.baseline_name == "base"
+
+
+def test_benchmark_stage_reads_the_run_config(tmp_path):
+    """Every setting of the benchmark stage comes from the config file the prepare/train stages read."""
+    s = _bench_settings(tmp_path, benchmark={"decoder": "both", "verdictHead": "rnnt", "seed": 7,
+                                             "excludeLeaked": False, "tolerances": {"minGain": 2.5},
+                                             "targets": {"sizeMB": 120}})
+    b = body()
+    assert s.model == "/workspace/runs/v3/model.nemo" and s.out == "/workspace/runs/v3/benchmark"
+    assert s.name == "v3" and s.mode == b["spec"]["training"].get("mode", "ctcOnly") and s.workspace == "/workspace"
+    assert s.training_data == f"/workspace/data/{data_spec_hash(b['spec']['data'])}"
+    assert (s.decoder, s.verdict_head, s.seed, s.include_leaked) == ("both", "rnnt", 7, True)
+    assert (s.min_gain, s.tolerance, s.target_size_mb, s.target_recall) == (2.5, 1.0, 120, 0.95)
+    assert s.batch_size == 4 and s.resamples == 2000 and s.corpus == "/workspace/corpus"
+    assert _bench_settings(tmp_path, resources={"gpus": 1}).batch_size == 16
+    assert _bench_settings(tmp_path, benchmark={"batchSize": 8}).batch_size == 8
+
+
+def test_benchmark_pass_values_go_in_as_config_overrides(tmp_path):
+    s = _bench_settings(tmp_path, model_path="/workspace/runs/v3/other.nemo",
+                        baseline_results="/workspace/runs/v2/benchmark/2026.json",
+                        benchmark={"baseline": {"qftRef": {"name": "v2"}}})
+    assert s.model == "/workspace/runs/v3/other.nemo" and s.baseline == "/workspace/runs/v2/benchmark/2026.json"
+    b = body()
+    plain = builders.benchmark_args(b["spec"], b["metadata"], model_path="/workspace/runs/v3/model.nemo")
+    assert plain == ["--config", builders.CONFIG_FILE]
+
+
+def test_config_map_benchmark_section_is_the_run_configs():
+    b = body(spec_overrides={"benchmark": {"verdictRule": "threshold", "latencySamples": 5}})
+    cfg = builders.validate_run_config(json.loads(builders.build_config_map(b["spec"], b["metadata"])["data"][
+        builders.CONFIG_KEY]))
+    assert cfg.benchmark.verdict_rule == "threshold" and cfg.benchmark.latency_samples == 5
+    bad = body(spec_overrides={"benchmark": {"decoder": "ctc", "verdictHead": "rnnt"}})
+    with pytest.raises(ConfigError, match="verdictHead"):
+        builders.validate_run_config(builders.run_config_doc(bad["spec"], bad["metadata"]))
 
 
 def test_command_override_annotation_only_when_allowed():
@@ -180,15 +231,6 @@ def test_command_override_annotation_only_when_allowed():
     allowed = builders.build_job("train", b["spec"], b["metadata"],
                                  OperatorSettings(allow_command_overrides=True))
     assert allowed["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-c", "pass"]
-
-
-def test_benchmark_flags_are_accepted_by_the_benchmark_cli():
-    """The flags we generate parse with the benchmark's own argument parser (defaults applied by the CRD)."""
-    from quranft.benchmark import cli as bench_cli
-
-    cmd = _job("benchmark")["spec"]["template"]["spec"]["containers"][0]["command"]
-    args = bench_cli.build_parser().parse_args(cmd[2:])
-    assert args.out == "/workspace/runs/v3/benchmark" and args.tolerance == 1.0 and args.target_size_mb == 200
 
 
 def test_operator_gpu_placement_applies_to_gpu_pods_only_and_the_run_wins():
@@ -385,11 +427,11 @@ def test_created_claim_takes_its_access_modes_from_the_spec():
     assert builders.build_pvc(b["spec"], b["metadata"])["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
-def test_a_path_corpus_stored_with_the_dataset_defaults_is_still_a_path():
+def test_a_path_corpus_stored_with_the_dataset_defaults_is_still_a_path(tmp_path):
     # The API server fills source/split/audioColumn defaults into benchmark.corpus even when only path is set.
-    command = _job("benchmark", benchmark={"corpus": {"path": "/workspace/clips"}})[
-        "spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[command.index("--corpus") + 1] == "/workspace/clips" and "--corpus-spec" not in command
-    spec = _job("benchmark", benchmark={"corpus": {"source": "local", "localPath": "/workspace/ds", "split": "test"}})[
-        "spec"]["template"]["spec"]["containers"][0]["command"]
-    assert json.loads(spec[spec.index("--corpus-spec") + 1])["localPath"] == "/workspace/ds"
+    s = _bench_settings(tmp_path, benchmark={"corpus": {"path": "/workspace/clips", "source": "hub", "split": "test",
+                                                        "audioColumn": "audio"}})
+    assert s.corpus == "/workspace/clips" and s.corpus_spec is None
+    s = _bench_settings(tmp_path, benchmark={"corpus": {"source": "local", "localPath": "/workspace/ds",
+                                                        "split": "test"}})
+    assert s.corpus is None and s.corpus_spec["localPath"] == "/workspace/ds"

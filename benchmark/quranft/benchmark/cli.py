@@ -1,6 +1,10 @@
-"""`quranft benchmark run ...`, `quranft benchmark score FILE [--json]`,
+"""`quranft benchmark run [--config FILE] [--set a.b=c] [flags]`, `quranft benchmark score FILE [--json]`,
 `quranft benchmark compare RESULTS BASELINE [--json]` and
 `quranft benchmark campaign-report --input FILE --workspace DIR` (a campaign's ranking, report and promotion).
+
+`run` reads the run config's `benchmark` section (quranft.contract.config; run_settings.py), the file the
+operator mounts into the stage pod; each flag given explicitly wins over the file, and without --config the
+flags alone describe the run (--model, --out and a corpus required).
 
 Exit codes and the termination message follow docs/contracts.md: 0 ok (whatever the verdict),
 2 ConfigError, 3 DataError, 4 BenchmarkError (TrainingError), 5 EnvironmentError.
@@ -13,6 +17,7 @@ import json
 import sys
 from typing import Any
 
+from quranft.contract import workspace as layout
 from quranft.contract.config import ConfigError
 from quranft.trainer.errors import (
     EXIT_OK,
@@ -33,30 +38,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate a model (and optionally a baseline) over a corpus")
-    run.add_argument("--model", required=True, help="path to a .nemo file, or a hub name (org/model)")
-    corpus = run.add_mutually_exclusive_group(required=True)
+    # Defaults are None: a flag given explicitly overrides the config file; the defaults named in the help are
+    # the config's (quranft.contract.config.BenchmarkConfig).
+    run.add_argument("--config", metavar="FILE",
+                     help="the run config (JSON); its `benchmark` section holds every setting below")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config field, e.g. benchmark.seed=3 (repeatable)")
+    run.add_argument("--model", help="path to a .nemo file, or a hub name (org/model) (benchmark.model)")
+    corpus = run.add_mutually_exclusive_group()
     corpus.add_argument("--corpus", help="directory holding manifest.json and the audio files")
     corpus.add_argument("--corpus-spec", metavar="JSON",
                         help="a corpus spec (spec.benchmark.corpus): a dataset split, prepared once into "
                              "WORKSPACE/corpora/<hash>/ and reused, or {\"path\": DIR}")
-    run.add_argument("--workspace", default=".", help="where --corpus-spec corpora are prepared (corpora/<hash>/)")
+    run.add_argument("--workspace",
+                     help="where --corpus-spec corpora are prepared (corpora/<hash>/); default: run.workspace, "
+                          "or . without --config")
     run.add_argument("--training-data", metavar="DIR",
                      help="the run's prepared data (data/<dataSpecHash>/): corpus clips found there are leaks")
-    run.add_argument("--include-leaked", action="store_true",
+    run.add_argument("--include-leaked", action="store_true", default=None,
                      help="score clips whose audio is also in the training data (counted as leaks either way)")
-    run.add_argument("--decoder", choices=("auto", "ctc", "rnnt", "both"), default="auto",
-                     help="decoder heads to score (auto: ctc for --mode ctcOnly, both for hybrid)")
+    run.add_argument("--decoder", choices=("auto", "ctc", "rnnt", "both"),
+                     help="decoder heads to score (default auto: ctc for --mode ctcOnly, both for hybrid)")
     run.add_argument("--mode", choices=("ctcOnly", "hybrid"), help="how the model was trained (for auto heads)")
     run.add_argument("--verdict-head", choices=("ctc", "rnnt"),
                      help="head that decides the verdict (default: ctc for ctcOnly, rnnt for hybrid)")
-    run.add_argument("--verdict-rule", choices=("paired", "threshold"), default="paired",
+    run.add_argument("--verdict-rule", choices=("paired", "threshold"),
                      help="paired bootstrap intervals (default) or v1's thresholds on raw deltas")
-    run.add_argument("--primary-metric", choices=("recall", "precision", "sequenceAccuracy"), default="recall")
-    run.add_argument("--latency-samples", type=int, default=32, metavar="N",
-                     help="clips timed one by one at batch 1 (a seeded sample shared by model and baseline)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the latency sample and the bootstrap")
-    run.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 2000 recommended)")
-    run.add_argument("--out", required=True, help="results directory (<timestamp>.json + latest.json)")
+    run.add_argument("--primary-metric", choices=("recall", "precision", "sequenceAccuracy"),
+                     help="metric whose gain makes an improvement (default recall)")
+    run.add_argument("--latency-samples", type=int, metavar="N",
+                     help="clips timed one by one at batch 1 (a seeded sample shared by model and baseline; "
+                          "default 32)")
+    run.add_argument("--seed", type=int, help="seed of the latency sample and the bootstrap (default 0)")
+    run.add_argument("--resamples", type=int, help="bootstrap resamples (default 2000; >= 2000 recommended)")
+    run.add_argument("--out", help="results directory (<timestamp>.json + latest.json)")
     base = run.add_mutually_exclusive_group()
     base.add_argument("--baseline", metavar="RESULTS.json", help="compare against a saved results file")
     base.add_argument("--baseline-model", metavar="M2", help="evaluate this model too, side by side")
@@ -65,22 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline-name", help="name for the --baseline-model run")
     run.add_argument("--termination-log", metavar="PATH",
                      help="verdict JSON destination (default: $QURANFT_TERMINATION_LOG or /dev/termination-log)")
-    run.add_argument("--no-also-accept", action="store_true",
+    run.add_argument("--no-also-accept", action="store_true", default=None,
                      help="score against expected_verses only (reproduces the team's old numbers)")
-    run.add_argument("--tolerance", type=float, default=1.0, metavar="POINTS",
-                     help="recall / sequence-accuracy drop (percentage points) that counts as a regression")
-    run.add_argument("--min-gain", type=float, default=1.0, metavar="POINTS",
-                     help="recall / sequence-accuracy rise (points) needed for an improvement")
-    run.add_argument("--latency-tolerance", type=float, default=0.10, metavar="FRACTION",
-                     help="relative average-latency growth allowed (with --latency-tolerance-abs)")
-    run.add_argument("--latency-tolerance-abs", type=float, default=0.05, metavar="SECONDS",
-                     help="absolute average-latency growth always allowed (timer noise)")
-    run.add_argument("--target-recall", type=float, default=0.95)
-    run.add_argument("--target-size-mb", type=float, default=200.0, help="model file size target (10^6 bytes)")
-    run.add_argument("--target-latency", type=float, default=1.0, help="average latency target, seconds")
-    run.add_argument("--batch-size", type=int, default=1,
-                     help="transcription batch size for the throughput pass (latency is timed at batch 1)")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--tolerance", type=float, metavar="POINTS",
+                     help="recall / sequence-accuracy drop (percentage points) that counts as a regression "
+                          "(default 1)")
+    run.add_argument("--min-gain", type=float, metavar="POINTS",
+                     help="recall / sequence-accuracy rise (points) needed for an improvement (default 1)")
+    run.add_argument("--latency-tolerance", type=float, metavar="FRACTION",
+                     help="relative average-latency growth allowed (with --latency-tolerance-abs; default 0.10)")
+    run.add_argument("--latency-tolerance-abs", type=float, metavar="SECONDS",
+                     help="absolute average-latency growth always allowed (timer noise; default 0.05)")
+    run.add_argument("--target-recall", type=float, help="recall target (default 0.95)")
+    run.add_argument("--target-size-mb", type=float, help="model file size target (10^6 bytes; default 200)")
+    run.add_argument("--target-latency", type=float, help="average latency target, seconds (default 1.0)")
+    run.add_argument("--batch-size", type=int,
+                     help="transcription batch size for the throughput pass (latency is timed at batch 1; "
+                          "default 1 by hand, the operator sets 16 on a GPU, 4 on CPU)")
+    run.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
 
     score = sub.add_parser("score", help="re-score a results file from its per-sample expected/predicted")
     score.add_argument("file")
@@ -113,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rank a campaign's variants, write report.md + PNGs, promote the chosen variant")
     camp.add_argument("--input", required=True, metavar="FILE",
                       help="the campaign controller's JSON (campaign, promote, baseline, variants)")
-    camp.add_argument("--workspace", default="/workspace", help="the claim's root (runs/, campaigns/, models/)")
+    camp.add_argument("--workspace", default=layout.WORKSPACE, help="the claim's root (runs/, campaigns/, models/)")
     camp.add_argument("--termination-log", metavar="PATH",
                       help="summary JSON destination (default: $QURANFT_TERMINATION_LOG or /dev/termination-log)")
     return parser
@@ -124,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "run" and not args.config:
+            _require_flags(parser, args)
     except SystemExit as exc:  # argparse: --help exits 0, bad flags exit 2 (ConfigError by contract)
         code = int(exc.code or 0)
         if code and argv[:1] in (["run"], ["campaign-report"]):
@@ -140,9 +159,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # like `run`: a contract exit code plus a termination message
             return _fail(exc, args.termination_log, CAMPAIGN_STAGE)
     try:
-        return _run(args)
+        from .run_settings import from_args
+
+        return _run(from_args(args))
     except Exception as exc:  # every failure ends as a contract exit code plus a termination message
         return _fail(exc, args.termination_log)
+
+
+def _require_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Without --config the flags describe the whole run: the model, a corpus and where results go."""
+    missing = [flag for flag, value in (("--model", args.model), ("--corpus or --corpus-spec",
+                                                                    args.corpus or args.corpus_spec),
+                                        ("--out", args.out)) if not value]
+    if missing:
+        parser.error(f"without --config, {', '.join(missing)} required")
 
 
 def _termination_path_from(argv: list[str]) -> str | None:
@@ -171,6 +201,7 @@ class CorpusMismatch(ConfigError):
 
 
 def _run(args: argparse.Namespace) -> int:
+    """One benchmark run; `args` are the resolved settings (run_settings.resolve), one per flag."""
     # Imports here: `score` and `--help` must not load numpy-heavy modules or NeMo.
     from .corpus import CorpusError, corpus_hash, load_corpus
     from .matcher import VerseMatcher
@@ -178,10 +209,6 @@ def _run(args: argparse.Namespace) -> int:
     from .results import write_results
     from .runner import RunOptions, decode_clips, default_run_name, latency_sample
 
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size must be >= 1")
-    if args.latency_samples < 0 or args.resamples < 100:
-        raise ConfigError("--latency-samples must be >= 0 and --resamples >= 100")
     if args.baseline_run and not args.baseline:
         raise ConfigError("--baseline-run needs --baseline")
     tolerances = Tolerances(drop=args.tolerance / 100, min_gain=args.min_gain / 100,
@@ -286,9 +313,9 @@ def _corpus_dir(args: argparse.Namespace):
     if args.corpus:
         return Path(args.corpus), {}
     try:
-        spec = CorpusSpec.model_validate_json(args.corpus_spec)
+        spec = CorpusSpec.model_validate(args.corpus_spec)
     except ValidationError as exc:
-        raise ConfigError(f"--corpus-spec: {exc}") from exc
+        raise ConfigError(f"benchmark.corpus (--corpus-spec): {exc}") from exc
     if spec.path:
         return Path(spec.path), {}
     prepared = materialize(spec, Path(args.workspace), log=lambda msg: print(msg, file=sys.stderr))
@@ -510,7 +537,7 @@ def _campaign_report(args: argparse.Namespace) -> int:
         warn(f"input key {key} is not in the contract; ignored")
     workspace = Path(args.workspace)
     name = campaign.campaign.name
-    out_dir = workspace / "campaigns" / name
+    out_dir = layout.campaign_dir(name, workspace)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [build_row(v, workspace) for v in campaign.variants]
     for row in rows:

@@ -1,7 +1,9 @@
-"""Typed run configuration: the single contract between the operator and the training Job.
+"""Typed run configuration: the single contract between the operator and every stage Job.
 
-The operator writes it as JSON (camelCase keys, the same names as the CRD's spec fields); the CLI reads it
-with `--config FILE` and `--set a.b=c`. Pure pydantic: importing this module must not import torch.
+The operator writes it as JSON (camelCase keys, the same names as the CRD's spec fields) into the run's
+ConfigMap; prepare and train (`quranft trainer ... --config FILE`) and the benchmark (`quranft benchmark run
+--config FILE`) read it, each with `--set a.b=c` overrides. Pure pydantic: importing this module must not
+import torch.
 """
 from __future__ import annotations
 
@@ -156,12 +158,122 @@ class MetricsSpec(_Model):
     progress_interval_seconds: float = Field(5.0, gt=0)
 
 
+# --- benchmark: spec.benchmark (BenchmarkSpec, the CRD's model too) + what the stage resolves -----------------
+
+class QftRef(_Model):
+    name: str = Field(min_length=1, max_length=253, description="Name of that QuranFineTune.")
+
+
+class BaselineSpec(_Model):
+    qft_ref: QftRef | None = Field(None, description=(
+        "Another QuranFineTune in this namespace (same claim) whose benchmark results are the baseline."))
+    results_path: str | None = Field(None, min_length=1, max_length=1024, description=(
+        "A stored benchmark results file (JSON) on the workspace volume."))
+    base_model: bool | None = Field(None, description="Evaluate training.baseModel on the same corpus side by side.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BaselineSpec":
+        if [self.qft_ref is not None, self.results_path is not None, bool(self.base_model)].count(True) != 1:
+            raise ValueError("baseline needs exactly one of qftRef, resultsPath or baseModel: true")
+        return self
+
+
+class TolerancesSpec(_Model):
+    tolerance: float = Field(1.0, ge=0, le=100, description=(
+        "Allowed drop of recall / sequence accuracy, in percentage points."))
+    min_gain: float = Field(1.0, ge=0, le=100, description=(
+        "Gain of recall or sequence accuracy that counts as an improvement, in percentage points."))
+    latency_tolerance: float = Field(0.1, ge=0, description=(
+        "Allowed relative growth of the average latency (0.1 = 10 %)."))
+    latency_tolerance_abs: float = Field(0.05, ge=0, description=(
+        "Allowed absolute growth of the average latency in seconds (noise floor)."))
+
+
+class TargetsSpec(_Model):
+    recall: float = Field(0.95, ge=0, le=1, description="Target recall (fraction).")
+    size_mb: float = Field(200, gt=0, alias="sizeMB", description="Maximum model file size in MB (10^6 bytes).")
+    latency_seconds: float = Field(1.0, gt=0, description="Maximum average latency per clip, seconds.")
+
+
+class BenchmarkSpec(_Model):
+    """spec.benchmark: how a trained model is judged (the CRD's model subclasses this one for its CEL rules)."""
+
+    corpus_path: str | None = Field(None, min_length=1, max_length=1024, description=(
+        "Shorthand for corpus.path (kept for v1 resources). Neither set: /workspace/corpus."))
+    # The benchmark validates it (quranft.benchmark.corpus_source.CorpusSpec); the CRD types it (resource.Corpus).
+    corpus: dict[str, Any] | None = Field(None, description=(
+        "The benchmark corpus: a directory on the claim (`path`), or a dataset split (hub or local) prepared once "
+        "into corpora/<hash>/ on the claim and reused by every sibling, so siblings are judged on byte-identical "
+        "clips."))
+    decoder: Literal["auto", "ctc", "rnnt", "both"] = Field("auto", description=(
+        "Decoder heads scored, for the model and the baseline alike. auto: ctc for ctcOnly runs, both for hybrid "
+        "runs."))
+    verdict_head: Literal["ctc", "rnnt"] | None = Field(None, description=(
+        "Head whose scores decide the verdict (default: ctc for ctcOnly, rnnt for hybrid); must be among the "
+        "scored heads."))
+    verdict_rule: Literal["paired", "threshold"] = Field("paired", description=(
+        "paired: per-clip paired bootstrap intervals (improvement only when the primary metric's interval clears "
+        "minGain); threshold: v1's rule on the raw deltas, to reproduce old numbers."))
+    primary_metric: Literal["recall", "precision", "sequenceAccuracy"] = Field("recall", description=(
+        "Metric whose gain makes an improvement (recall and sequence accuracy are always guarded against drops)."))
+    batch_size: int | None = Field(None, ge=1, le=256, description=(
+        "Transcription batch size for throughput (default 16 on a GPU, 4 on CPU); latency is measured separately "
+        "at batch 1."))
+    latency_samples: int = Field(32, ge=0, le=10_000, description=(
+        "Clips (a seeded sample, the same for model and baseline) timed one by one at batch 1 for the latency "
+        "metrics."))
+    exclude_leaked: bool = Field(True, description=(
+        "Leave clips whose audio also appears in the training or validation data out of the scores (they are "
+        "always counted in status.benchmark.leakage)."))
+    seed: int = Field(0, ge=0, description="Seed of the latency sample and the bootstrap resampling.")
+    # None (no baseline) only in a stage config (`quranft benchmark run` by hand); the CRD requires one.
+    baseline: BaselineSpec | None = Field(default_factory=lambda: BaselineSpec(base_model=True), description=(
+        "What the trained model is compared with: exactly one of qftRef, resultsPath, baseModel."),
+        json_schema_extra={"default": {"baseModel": True}})
+    tolerances: TolerancesSpec = Field(default_factory=TolerancesSpec, description=(
+        "Verdict rules (the benchmark's flags): regression when recall or sequence accuracy drops by more than "
+        "`tolerance` points or latency grows beyond both latency allowances; improvement when either gains at "
+        "least `minGain` points."), json_schema_extra={"default": {}})
+    targets: TargetsSpec = Field(default_factory=TargetsSpec, description="Absolute goals reported as pass/fail next "
+                                 "to the verdict.", json_schema_extra={"default": {}})
+
+    @model_validator(mode="after")
+    def _check(self) -> "BenchmarkSpec":
+        if self.corpus_path is not None and self.corpus is not None:
+            raise ValueError("set corpus or corpusPath, not both")
+        if self.verdict_head and self.decoder in ("ctc", "rnnt") and self.verdict_head != self.decoder:
+            raise ValueError("verdictHead must be one of the heads decoder scores")
+        return self
+
+
+class BenchmarkConfig(BenchmarkSpec):
+    """The benchmark stage's settings (`quranft benchmark run --config`): spec.benchmark plus what the operator
+    resolves for this run (the model, where results go, the run's training data). Each field has a flag of the
+    same meaning; a flag given explicitly wins over the file."""
+
+    model: str | None = Field(None, min_length=1, description="The model judged: a .nemo path or a hub name.")
+    name: str | None = Field(None, min_length=1, description="Run name in the results (unset: from `model`).")
+    out: str | None = Field(None, min_length=1, description="Results directory (<timestamp>.json + latest.json).")
+    training_data: str | None = Field(None, min_length=1, description=(
+        "The run's prepared data (data/<dataSpecHash>/): corpus clips found there are leaks."))
+    mode: Literal["ctcOnly", "hybrid"] | None = Field(None, description="How the model was trained (auto heads).")
+    baseline_model: str | None = Field(None, min_length=1, description=(
+        "The model evaluated for baseline.baseModel (unset: training.baseModel)."))
+    baseline_name: str | None = Field(None, min_length=1, description="Name of that baseline's run in the results.")
+    baseline_run: str | None = Field(None, min_length=1, description=(
+        "Which run of a multi-run baseline results file (baseline.resultsPath / qftRef)."))
+    resamples: int = Field(2000, ge=100, le=1_000_000, description="Bootstrap resamples (>= 2000 recommended).")
+    also_accept: bool = Field(True, description="Score against also_accept verses too (false: the old numbers).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N.")
+
+
 class RunConfig(_Model):
     run: RunSpec = Field(default_factory=RunSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
     # Derived locations in the workspace (quranft.contract.workspace).
     @property
@@ -210,8 +322,8 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return doc
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a JSON config file (or start from defaults), apply overrides, validate. Raises ConfigError."""
+def read_config_doc(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw document of a JSON config file ({} without one), `--set` overrides applied. Raises ConfigError."""
     doc: dict[str, Any] = {}
     if path is not None:
         try:
@@ -222,11 +334,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config {path} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise ConfigError(f"config {path}: top level must be an object")
-    doc = apply_overrides(doc, overrides or [])
+    return apply_overrides(doc, overrides or [])
+
+
+def validate_config(doc: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a JSON config file (or start from defaults), apply overrides, validate. Raises ConfigError."""
+    return validate_config(read_config_doc(path, overrides))
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -194,15 +194,33 @@ def rendezvous_port(meta: Mapping[str, Any], attempt: int = 0) -> int:
 # --- the trainer config -------------------------------------------------------------------------------
 
 def run_config_doc(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The config.json document: spec.data / spec.training copied through unchanged (same field names);
-    `distributed` from spec.resources (nodes, devices per node = GPUs or 1 on CPU, backend)."""
+    """The config.json document every stage reads: spec.data / spec.training copied through unchanged (same
+    field names); `distributed` from spec.resources (nodes, devices per node = GPUs or 1 on CPU, backend);
+    `benchmark` from spec.benchmark (benchmark_doc)."""
     return {
         "run": {"name": meta["name"], "namespace": meta["namespace"], "workspace": WORKSPACE},
         "data": copy.deepcopy(dict(spec.get("data") or {})),
         "training": copy.deepcopy(dict(spec.get("training") or {})),
         "distributed": distributed_doc(spec),
         "metrics": {"port": 9400, "progressIntervalSeconds": 5},
+        "benchmark": benchmark_doc(spec, meta),
     }
+
+
+def benchmark_doc(spec: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's `benchmark` section: spec.benchmark copied through (the same model, BenchmarkSpec) plus
+    what this run fixes: the model it trains, where results go, its prepared data (the leakage check), how it
+    trained, and the batch size for the benchmark pod's device (16 on a GPU, 4 on CPU, unless set)."""
+    bench = copy.deepcopy(dict(spec.get("benchmark") or {}))
+    name = meta["name"]
+    doc = {**bench, "model": str(layout.model_path(name)), "name": name, "out": str(layout.benchmark_dir(name)),
+           "mode": str((spec.get("training") or {}).get("mode", "ctcOnly")), "baselineName": "base",
+           "batchSize": bench.get("batchSize") or (16 if stage_gpus(spec, "benchmark") else 4)}
+    try:
+        doc["trainingData"] = str(layout.data_dir(spec_data_hash(spec)))
+    except ValidationError:
+        pass  # validate_run_config reports what is wrong with spec.data
+    return doc
 
 
 def validate_run_config(doc: Mapping[str, Any]) -> RunConfig:
@@ -269,43 +287,15 @@ def stage_gpus(spec: Mapping[str, Any], stage: str) -> int:
 
 def benchmark_args(spec: Mapping[str, Any], meta: Mapping[str, Any], model_path: str | None = None,
                    baseline_results: str | None = None) -> list[str]:
-    """`quranft benchmark run` flags for this resource (the baseline comes from spec.benchmark.baseline)."""
-    bench = spec.get("benchmark") or {}
-    training = spec.get("training") or {}
-    name = meta["name"]
-    corpus = dict(bench.get("corpus") or {"path": bench.get("corpusPath", str(layout.default_corpus_dir()))})
-    # A path corpus as the API server stores it also carries the dataset fields' defaults (source, split,
-    # audioColumn): the path alone decides.
-    if corpus.get("path"):
-        corpus_args = ["--corpus", corpus["path"]]
-    else:  # a dataset split: the benchmark prepares it once under <workspace>/corpora/<hash>/
-        corpus_args = ["--corpus-spec", json.dumps(corpus, sort_keys=True, separators=(",", ":"))]
-    args = ["--model", model_path or str(layout.model_path(name)), *corpus_args,
-            "--workspace", WORKSPACE, "--training-data", str(layout.data_dir(spec_data_hash(spec))),
-            "--out", str(layout.benchmark_dir(name)), "--name", name,
-            "--mode", str(training.get("mode", "ctcOnly")),
-            "--batch-size", str(bench.get("batchSize") or (16 if stage_gpus(spec, "benchmark") else 4))]
-    baseline = bench.get("baseline") or {"baseModel": True}
-    if baseline.get("resultsPath"):
-        args += ["--baseline", baseline["resultsPath"]]
-    elif baseline.get("qftRef"):
-        args += ["--baseline", baseline_results or str(layout.latest_results_path(baseline["qftRef"]["name"]))]
-    elif baseline.get("baseModel"):
-        args += ["--baseline-model", str(training.get("baseModel", "")), "--baseline-name", "base"]
-    if bench.get("excludeLeaked") is False:
-        args.append("--include-leaked")
-    # spec field -> flag of `quranft benchmark run` (same units: points, fractions, seconds, MB)
-    for section, key, flag in (("tolerances", "tolerance", "--tolerance"), ("tolerances", "minGain", "--min-gain"),
-                               ("tolerances", "latencyTolerance", "--latency-tolerance"),
-                               ("tolerances", "latencyToleranceAbs", "--latency-tolerance-abs"),
-                               ("targets", "recall", "--target-recall"), ("targets", "sizeMB", "--target-size-mb"),
-                               ("targets", "latencySeconds", "--target-latency"),
-                               (None, "decoder", "--decoder"), (None, "verdictHead", "--verdict-head"),
-                               (None, "verdictRule", "--verdict-rule"), (None, "primaryMetric", "--primary-metric"),
-                               (None, "latencySamples", "--latency-samples"), (None, "seed", "--seed")):
-        value = (bench.get(section) or {}).get(key) if section else bench.get(key)
-        if value is not None:
-            args += [flag, str(value)]
+    """`quranft benchmark run` arguments: the run's config file (its `benchmark` section, benchmark_doc) and
+    `--set` for what only a pass knows: the model the train stage reported, when it is not the default path, and
+    the results file of a qftRef baseline."""
+    args = ["--config", CONFIG_FILE]
+    if model_path and model_path != str(layout.model_path(meta["name"])):
+        args += ["--set", f"benchmark.model={json.dumps(model_path)}"]
+    baseline = (spec.get("benchmark") or {}).get("baseline") or {}
+    if baseline.get("qftRef") and baseline_results:
+        args += ["--set", f"benchmark.baseline={json.dumps({'resultsPath': baseline_results})}"]
     return args
 
 

@@ -278,78 +278,30 @@ class Corpus(_Model):
         "Column holding a reciter id (leakage: the same reciter on the same verse in the training data)."))
 
 
-class QftRef(_Model):
-    name: str = Field(min_length=1, max_length=253, description="Name of that QuranFineTune.")
+# One model with the run config's `benchmark` section (quranft.contract.config): these add the CEL rules and
+# type the corpus for the API server.
+QftRef = run_config.QftRef
+Tolerances = run_config.TolerancesSpec
+Targets = run_config.TargetsSpec
 
 
-class Baseline(_Model):
+class Baseline(run_config.BaselineSpec):
     model_config = ConfigDict(json_schema_extra=rules(rule(
         "[has(self.qftRef), has(self.resultsPath), has(self.baseModel) && self.baseModel].filter(x, x).size() == 1",
         "baseline needs exactly one of qftRef, resultsPath or baseModel: true")))
 
-    qft_ref: QftRef | None = Field(None, description=(
-        "Another QuranFineTune in this namespace (same claim) whose benchmark results are the baseline."))
-    results_path: str | None = Field(None, min_length=1, max_length=1024, description=(
-        "A stored benchmark results file (JSON) on the workspace volume."))
-    base_model: bool | None = Field(None, description="Evaluate training.baseModel on the same corpus side by side.")
 
-
-class Tolerances(_Model):
-    tolerance: float = Field(1.0, ge=0, le=100, description=(
-        "Allowed drop of recall / sequence accuracy, in percentage points."))
-    min_gain: float = Field(1.0, ge=0, le=100, description=(
-        "Gain of recall or sequence accuracy that counts as an improvement, in percentage points."))
-    latency_tolerance: float = Field(0.1, ge=0, description=(
-        "Allowed relative growth of the average latency (0.1 = 10 %)."))
-    latency_tolerance_abs: float = Field(0.05, ge=0, description=(
-        "Allowed absolute growth of the average latency in seconds (noise floor)."))
-
-
-class Targets(_Model):
-    recall: float = Field(0.95, ge=0, le=1, description="Target recall (fraction).")
-    size_mb: float = Field(200, gt=0, alias="sizeMB", description="Maximum model file size in MB (10^6 bytes).")
-    latency_seconds: float = Field(1.0, gt=0, description="Maximum average latency per clip, seconds.")
-
-
-class Benchmark(_Model):
+class Benchmark(run_config.BenchmarkSpec):
     model_config = ConfigDict(json_schema_extra=rules(immutable("spec.benchmark is immutable")))
 
-    corpus_path: str | None = Field(None, min_length=1, max_length=1024, description=(
-        "Shorthand for corpus.path (kept for v1 resources). Neither set: /workspace/corpus."))
-    corpus: Corpus | None = Field(None, description=(
+    corpus: Corpus | None = Field(None, description=(  # type: ignore[assignment]  # a dict in the run config
         "The benchmark corpus: a directory on the claim (`path`), or a dataset split (hub or local) prepared once "
         "into corpora/<hash>/ on the claim and reused by every sibling, so siblings are judged on byte-identical "
         "clips."))
-    decoder: Literal["auto", "ctc", "rnnt", "both"] = Field("auto", description=(
-        "Decoder heads scored, for the model and the baseline alike. auto: ctc for ctcOnly runs, both for hybrid "
-        "runs."))
-    verdict_head: Literal["ctc", "rnnt"] | None = Field(None, description=(
-        "Head whose scores decide the verdict (default: ctc for ctcOnly, rnnt for hybrid); must be among the "
-        "scored heads."))
-    verdict_rule: Literal["paired", "threshold"] = Field("paired", description=(
-        "paired: per-clip paired bootstrap intervals (improvement only when the primary metric's interval clears "
-        "minGain); threshold: v1's rule on the raw deltas, to reproduce old numbers."))
-    primary_metric: Literal["recall", "precision", "sequenceAccuracy"] = Field("recall", description=(
-        "Metric whose gain makes an improvement (recall and sequence accuracy are always guarded against drops)."))
-    batch_size: int | None = Field(None, ge=1, le=256, description=(
-        "Transcription batch size for throughput (default 16 on a GPU, 4 on CPU); latency is measured separately "
-        "at batch 1."))
-    latency_samples: int = Field(32, ge=0, le=10_000, description=(
-        "Clips (a seeded sample, the same for model and baseline) timed one by one at batch 1 for the latency "
-        "metrics."))
-    exclude_leaked: bool = Field(True, description=(
-        "Leave clips whose audio also appears in the training or validation data out of the scores (they are "
-        "always counted in status.benchmark.leakage)."))
-    seed: int = Field(0, ge=0, description="Seed of the latency sample and the bootstrap resampling.")
-    baseline: Baseline = Field(default_factory=lambda: Baseline(base_model=True), description=(
-        "What the trained model is compared with: exactly one of qftRef, resultsPath, baseModel."),
+    baseline: Baseline = Field(  # type: ignore[assignment]  # required here: a run is judged against something
+        default_factory=lambda: Baseline(base_model=True), description=(
+            "What the trained model is compared with: exactly one of qftRef, resultsPath, baseModel."),
         json_schema_extra={"default": {"baseModel": True}})
-    tolerances: Tolerances = Field(default_factory=Tolerances, description=(
-        "Verdict rules (the benchmark's flags): regression when recall or sequence accuracy drops by more than "
-        "`tolerance` points or latency grows beyond both latency allowances; improvement when either gains at "
-        "least `minGain` points."), json_schema_extra={"default": {}})
-    targets: Targets = Field(default_factory=Targets, description="Absolute goals reported as pass/fail next to "
-                             "the verdict.", json_schema_extra={"default": {}})
 
 
 # --- the rest of the spec ---------------------------------------------------------------------------------------
