@@ -45,6 +45,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.display",
      "description": "Training step / maxSteps"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta",
+     "description": "Training time left at the current attempt's step rate"},
     {"name": "Verdict", "type": "string", "jsonPath": ".status.verdict"},
     {"name": "Recall", "type": "number", "jsonPath": ".status.benchmark.metrics.recall"},
     {"name": "SeqAcc", "type": "number", "jsonPath": ".status.benchmark.metrics.sequenceAccuracy"},

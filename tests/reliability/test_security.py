@@ -115,6 +115,7 @@ RBAC_ALLOWLIST = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "namespaces", "list"), ("", "namespaces", "watch"),
+    ("authentication.k8s.io", "tokenreviews", "create"),  # who pushes progress (progress_server.py)
 }
 
 

@@ -17,8 +17,9 @@ def test_helm_lint_strict(helm):
 
 def test_default_render_is_operator_crd_rbac_and_service(helm):
     kinds = sorted(o["kind"] for o in render(helm))
+    # Services: metrics, and the progress endpoint with its Helm-generated TLS Secret.
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "CustomResourceDefinition",
-                     "Deployment", "NetworkPolicy", "Service", "ServiceAccount"]
+                     "Deployment", "NetworkPolicy", "Secret", "Service", "Service", "ServiceAccount"]
 
 
 def test_every_toggle_renders_its_object(helm):

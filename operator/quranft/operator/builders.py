@@ -34,6 +34,7 @@ from quranft.contract.keys import (  # noqa: F401  (label and annotation names a
 )
 from quranft.contract.workspace import CONFIG_DIR, CONFIG_FILE, CONFIG_KEY, WORKSPACE  # noqa: F401
 from quranft.contract.config import ConfigError, RunConfig, data_spec_hash, format_validation_error
+from quranft.trainer import progress_push
 from quranft.trainer.tracking import CLIENT_ENV as MLFLOW_CLIENT_ENV
 
 from .settings import OperatorSettings
@@ -55,6 +56,11 @@ RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORT_SPAN = 20000, 12000
 # huggingface_hub, and through it datasets, read the file named by HF_TOKEN_PATH.
 HUB_TOKEN_DIR = "/var/run/secrets/quranft/hub"
 HUB_TOKEN_FILE = f"{HUB_TOKEN_DIR}/token"
+# The training pod's rank 0 pushes progress to the operator (progress_server.py) with a projected ServiceAccount
+# token for this audience (the kubelet rotates it; TokenReview names the pod it is bound to).
+PROGRESS_AUDIENCE = "quranft-progress"
+PROGRESS_TOKEN_DIR = "/var/run/secrets/quranft/progress"
+PROGRESS_TOKEN_SECONDS = 3600
 # Non-root, above the host's usual user range (checkov CKV_K8S_40); the images create this user too.
 WORKLOAD_UID = 65532
 # checkov findings on the stage Jobs that are choices, not oversights; checkov reads these annotations.
@@ -417,6 +423,8 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
             "secretName": ref["name"], "items": [{"key": ref.get("key", "token"), "path": "token"}]}})
         container["volumeMounts"].append({"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True})
         container["env"].append({"name": "HF_TOKEN_PATH", "value": HUB_TOKEN_FILE})
+    if stage == "train" and settings.progress_endpoint:
+        add_progress_push(pod, container, settings)
     if tolerations:
         pod["tolerations"] = tolerations
     if node_selector:
@@ -424,6 +432,19 @@ def build_pod_spec(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
     if res.get("priorityClassName"):
         pod["priorityClassName"] = res["priorityClassName"]
     return pod
+
+
+def add_progress_push(pod: dict[str, Any], container: dict[str, Any], settings: OperatorSettings) -> None:
+    """The token volume and env of the progress push (quranft.trainer.progress_push): the endpoint, the token
+    file, the CA's PEM (in env: no Secret or ConfigMap for the operator to create or read)."""
+    pod["volumes"].append({"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": PROGRESS_AUDIENCE, "expirationSeconds": PROGRESS_TOKEN_SECONDS, "path": "token"}}]}})
+    container["volumeMounts"].append({"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True})
+    container["env"] += [
+        {"name": progress_push.URL_ENV, "value": settings.progress_endpoint},
+        {"name": progress_push.TOKEN_FILE_ENV, "value": f"{PROGRESS_TOKEN_DIR}/token"},
+        {"name": progress_push.CA_ENV, "value": settings.progress_ca_pem},
+    ]
 
 
 def build_job(stage: str, spec: Mapping[str, Any], meta: Mapping[str, Any], settings: OperatorSettings,

@@ -23,7 +23,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-tag", help="Tag of the default stage images.")
     p.add_argument("--gpu-image", help="Default trainer image for gpus > 0.")
     p.add_argument("--cpu-image", help="Default trainer image for gpus == 0.")
-    p.add_argument("--progress-interval", type=float, help="Seconds between reads of the training log.")
+    p.add_argument("--progress-interval", type=float, help="Seconds between writes of status.progress (10).")
+    p.add_argument("--no-progress-push", dest="progress_push", action="store_false", default=None,
+                   help="Serve no progress endpoint: read each training pod's log instead.")
+    p.add_argument("--progress-port", type=int, help="HTTPS port of the progress endpoint (0: a free port).")
+    p.add_argument("--progress-address", help="Address the progress endpoint binds (127.0.0.1).")
+    p.add_argument("--progress-url", help="Base URL training pods push to (default https://127.0.0.1:<port>).")
+    p.add_argument("--progress-cert-file", help="TLS certificate of the endpoint (default: self-signed).")
+    p.add_argument("--progress-key-file", help="Its private key.")
+    p.add_argument("--progress-ca-file", help="The CA the pods trust (default: the certificate).")
+    p.add_argument("--progress-stale-seconds", type=float,
+                   help="A training pod that pushed nothing this long has its log read instead (60).")
     p.add_argument("--termination-grace-seconds", type=int, help="Grace for a training pod to checkpoint.")
     p.add_argument("--image-pull-deadline-seconds", type=int,
                    help="Without spec.startupDeadlineSeconds: a failing image pull fails the run after this (600).")
@@ -48,7 +58,10 @@ def main(argv: list[str]) -> int:
     settings = settings_from_env(
         metrics_port=args.metrics_port, max_concurrent_trainings=args.max_concurrent_trainings,
         max_gpus_per_namespace=args.max_gpus_per_namespace, image_tag=args.image_tag, gpu_image=args.gpu_image,
-        cpu_image=args.cpu_image, progress_interval=args.progress_interval,
+        cpu_image=args.cpu_image, progress_interval=args.progress_interval, progress_push=args.progress_push,
+        progress_port=args.progress_port, progress_address=args.progress_address, progress_url=args.progress_url,
+        progress_cert_file=args.progress_cert_file, progress_key_file=args.progress_key_file,
+        progress_ca_file=args.progress_ca_file, progress_stale_seconds=args.progress_stale_seconds,
         termination_grace_seconds=args.termination_grace_seconds,
         image_pull_deadline_seconds=args.image_pull_deadline_seconds,
         startup_deadline_seconds=args.startup_deadline_seconds,
@@ -64,6 +77,9 @@ def main(argv: list[str]) -> int:
     from . import campaign_handlers, handlers  # noqa: F401  (register the kopf handlers of runs and campaigns)
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    from .memtrace import install_from_env
+
+    install_from_env()  # debug only: QURANFT_TRACEMALLOC=<file> (memtrace.py)
     kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
              liveness_endpoint=args.liveness, memo=kopf.Memo(settings=settings))
     return 0

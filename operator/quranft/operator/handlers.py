@@ -46,6 +46,8 @@ from . import builders, status as st, steps
 from .admission import Admission, charged_gpus
 from .kube import Kube
 from .metrics import Metrics
+from . import progress_server
+from .progress_store import ProgressStore, progress_for_pass
 from .observe import JobView, gather, job_view, pod_view
 from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
 from .stages import current_stage
@@ -80,7 +82,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo.metrics = Metrics()
     memo.metrics.serve(cfg.metrics_port)
     memo.locks = defaultdict(threading.Lock)
-    memo.progress_read = {}
+    # Pushed progress (progress_server.py); with the push off every running training pod's log is read.
+    memo.progress = ProgressStore(cfg.progress_interval, cfg.progress_stale_seconds if cfg.progress_push else 0.0)
     memo.executor = settings.execution.executor  # where sync handlers run; passes run there too
     memo.wakeups = Wakeups()
     memo.written_rv = {}  # (namespace, name) -> resourceVersion of our last status write (its echo wakes nobody)
@@ -88,6 +91,18 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo.child_views = {}  # (kind, namespace, name) of a Job or pod -> hash of its last view, to skip no-op events
     memo.waiters = Waiters()  # runs waiting on another run, woken when an entry they wait on changes
     logger.info("quranft operator started: %s", cfg.model_dump())
+
+
+# After `startup` (kopf runs them in order), before any pass builds a training pod: the pods get its URL and CA.
+@kopf.on.startup()
+async def start_progress_endpoint(memo: kopf.Memo, run_pods: kopf.Index, **_: Any) -> None:
+    memo.progress_endpoint = await progress_server.start(memo, run_pods)
+
+
+@kopf.on.cleanup()
+async def stop_progress_endpoint(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "progress_endpoint", None) is not None:
+        await memo.progress_endpoint.stop()
 
 
 @kopf.on.cleanup()
@@ -196,7 +211,7 @@ async def on_delete(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: A
     # unless it was created with deleteClaimOnDelete. Only in-memory state is ours to drop.
     memo.admission.forget((namespace, name))
     memo.metrics.forget(uid)
-    memo.progress_read.pop(uid, None)
+    memo.progress.forget((namespace, name))
     memo.locks.pop(uid, None)
 
 
@@ -320,7 +335,8 @@ def reconcile(body: Mapping[str, Any], memo: kopf.Memo, logger: logging.Logger, 
         memo.metrics.reconcile_seconds.observe(time.monotonic() - started)
         current = current_stage(new)
         jobs = {current: obs.jobs[current]} if current in obs.jobs else {}
-        return Outcome(written, next_pass_in(spec, new, jobs, now, progress_in=_progress_in(uid, obs, memo),
+        return Outcome(written, next_pass_in(spec, new, jobs, now, progress_in=_progress_in(
+                                                 (meta["namespace"], meta["name"]), obs, memo),
                                              image_pull_deadline_s=cfg.image_pull_deadline_seconds,
                                              default_startup_deadline_s=cfg.startup_deadline_seconds),
                        _wait_topic(meta, spec, new))
@@ -355,12 +371,13 @@ def _write_status(memo: kopf.Memo, body: Mapping[str, Any], changes: Mapping[str
     return written
 
 
-def _progress_in(uid: str, obs: st.Observed, memo: kopf.Memo) -> float | None:
-    """Seconds until the training log is due to be read again; None when no rank-0 training pod runs."""
+def _progress_in(key: tuple[str, str], obs: st.Observed, memo: kopf.Memo) -> float | None:
+    """Seconds until progress is due (a push held back by the write interval, or the fallback's log read);
+    None when no rank-0 training pod runs, or while it waits for a push (which wakes it)."""
     train = obs.jobs.get("train")
     if train is None or train.finished or _reporter(train) is None or not _reporter(train).running:
         return None
-    return memo.progress_read.get(uid, 0.0) + memo.settings.progress_interval - time.monotonic()
+    return memo.progress.next_in(key, _reporter(train).name)
 
 
 def _reporter(train: JobView) -> Any:
@@ -377,10 +394,8 @@ def _read_progress(memo: kopf.Memo, meta: Mapping[str, Any], jobs: Mapping[str, 
     train = jobs.get("train")
     reporter = _reporter(train) if train else None
     if train and not train.finished and reporter is not None and reporter.running:
-        last = memo.progress_read.get(uid, 0.0)
-        if time.monotonic() - last >= cfg.progress_interval:
-            memo.progress_read[uid] = time.monotonic()
-            progress = kube.last_progress(ns, reporter.name)
+        progress = progress_for_pass(memo.progress, (ns, name), reporter.name,
+                                     lambda: kube.last_progress(ns, reporter.name), memo.metrics.progress_log_reads.inc)
 
     return progress
 

@@ -53,6 +53,13 @@ class Metrics:
         self.verdicts = Counter("quranft_verdicts_total", "Benchmark verdicts", ["verdict"], registry=self.registry)
         self.failures = Counter("quranft_failures_total", "Runs that failed, by reason", ["reason"],
                                 registry=self.registry)
+        # Progress arrives pushed (progress_server.py); a log read is the fallback for a pod that pushes nothing.
+        self.progress_pushes = Counter("quranft_progress_pushes_total", "Progress pushes by HTTP status",
+                                       ["code"], registry=self.registry)
+        self.progress_log_reads = Counter(
+            "quranft_progress_log_reads_total",
+            "Training pod log reads for progress: pods that pushed nothing for progressStaleSeconds",
+            registry=self.registry)
         self._seen_stages: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 

@@ -430,6 +430,9 @@ class Progress(_Model):
     world_size: int | None = Field(None, description="Ranks the trainer runs with.")
     updated_at: str | None = Field(None, description="When the trainer reported it.")
     display: str | None = Field(None, description="step/maxSteps, for the printer column.")
+    eta: str | None = Field(None, description=(
+        "Time left to maxSteps at the current attempt's mean step rate (e.g. 4m30s), the ETA printer column."))
+    eta_seconds: int | None = Field(None, description="The same in seconds.")
 
 
 class Restart(_Model):
@@ -549,8 +552,9 @@ class QuranFineTuneStatus(_Model):
         "Names of the training pods seen so far, oldest first (of a multi-node run: rank 0's, one per attempt; "
         "evicted pods vanish; this is how resumeCount counts them)."))
     last_checkpoint: Checkpoint | None = Field(None, description="Last checkpoint the trainer reported.")
-    progress: Progress | None = Field(None, description="Training progress from the trainer's QURANFT_PROGRESS "
-                                                        "log lines.")
+    progress: Progress | None = Field(None, description=(
+        "Training progress: the record the trainer's rank 0 pushes to the operator (its QURANFT_PROGRESS log line "
+        "when it pushes nothing), with the operator's ETA."))
     training: TrainingStatus | None = Field(None, description=(
         "How the training ran: its ranks, batch, GPU time and group restarts."))
     jobs: Jobs | None = Field(None, description="Names of the stage Jobs.")

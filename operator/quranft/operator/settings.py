@@ -27,7 +27,22 @@ class OperatorSettings(BaseModel):
     # Passes run when a resource or one of its children changes (handlers.py); this is only the safety net for a
     # change missed (Helm `operator.reconcileIntervalSeconds`).
     reconcile_interval: float = Field(60.0, gt=0, description="Seconds between safety resyncs of each resource.")
-    progress_interval: float = Field(10.0, gt=0, description="Seconds between reads of the training pod's log.")
+    # Progress: the training pod's rank 0 pushes its record to the operator's HTTPS endpoint (progress_server.py);
+    # status.progress is written at most once per progress_interval. A pod that pushed nothing for
+    # progress_stale_seconds has its log read instead (old images, blocked egress).
+    progress_interval: float = Field(10.0, gt=0, description="Seconds between writes of status.progress.")
+    progress_push: bool = Field(True, description="Serve the progress endpoint (false: read the training logs).")
+    progress_port: int = Field(0, ge=0, le=65535, description="HTTPS port of the progress endpoint (0: a free port).")
+    progress_address: str = Field("127.0.0.1", description="Address the progress endpoint binds.")
+    progress_url: str = Field("", description="Base URL the training pods push to (empty: https://127.0.0.1:<port>, "
+                                              "the embedded cluster, whose pods share the host's loopback).")
+    progress_cert_file: str = Field("", description="TLS certificate of the endpoint (empty: self-signed at start-up).")
+    progress_key_file: str = Field("", description="Its private key.")
+    progress_ca_file: str = Field("", description="The CA that signed it, handed to the pods (empty: the certificate).")
+    progress_stale_seconds: float = Field(60.0, ge=0, description="Seconds without a push before the log is read.")
+    # Filled at start-up by the endpoint: the URL and CA PEM each training pod gets (builders.progress_env).
+    progress_endpoint: str = Field("", exclude=True, repr=False)
+    progress_ca_pem: str = Field("", exclude=True, repr=False)
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus port of the operator (0: off).")
     termination_grace_seconds: int = Field(300, ge=1, description="Grace for a training pod to finish a step and checkpoint.")
     # Start-up deadlines of a stage pod when the run sets no spec.startupDeadlineSeconds (status.startup_problem);

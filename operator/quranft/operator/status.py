@@ -45,7 +45,8 @@ CONDITION_MESSAGE_LIMIT = 2048
 # end) is restarted once they stopped, or after this long: two rank-0s never write one checkpoint directory.
 GROUP_STOP_WAIT = timedelta(minutes=10)
 # The progress line's keys kept in status.progress (docs/contracts.md); valWer is what early stopping reads.
-PROGRESS_KEYS = ("step", "maxSteps", "loss", "valWer", "valWerStep", "samplesPerSecond", "worldSize", "updatedAt")
+PROGRESS_KEYS = ("step", "maxSteps", "loss", "valWer", "valWerStep", "samplesPerSecond", "worldSize", "updatedAt",
+                 "eta", "etaSeconds")  # eta: the operator's estimate (eta.py), added to the pushed record
 # The train summary's keys about the ranks, kept in status.training.
 TRAINING_SUMMARY_KEYS = ("worldSize", "globalBatchSize", "nodes", "devicesPerNode")
 

@@ -99,14 +99,17 @@ HISTORY_KEYS = ("step", "loss", "valWer", "lr", "samplesPerSecond", "updatedAt")
 class ProgressReporter:
     """Writes progress.json and prints the progress line, at most once per `interval` seconds.
 
+    With `push`, each report is also handed to it (progress_push: rank 0 POSTs it to the operator).
     With `history`, each report is also appended to it as one JSON line (HISTORY_KEYS, for campaign curves).
     The file is append-only: after a resume the steps trained after the checkpoint are reported again, and
     the later line of a step is the one that led to the final model.
     """
 
     def __init__(self, path: Path, interval: float, *, out: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, history: Path | None = None):
+                 clock: Callable[[], float] = time.monotonic, history: Path | None = None,
+                 push: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
+        self._push = push  # progress_push.ProgressPusher.submit: the same record to the operator's endpoint
         self.history = history
         self.interval = interval
         self._out = out or (lambda line: print(line, flush=True))
@@ -140,4 +143,6 @@ class ProgressReporter:
             with self.history.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps({key: doc.get(key) for key in HISTORY_KEYS}, separators=(",", ":")) + "\n")
         self._out(progress_line(doc))
+        if self._push is not None:
+            self._push(doc)
         return True

@@ -112,6 +112,7 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
                                              resolve_backend)
     from quranft.trainer.doctor import check_mode
     from quranft.trainer.metrics import ProgressReporter, TrainingMetrics, metric_labels
+    from quranft.trainer.progress_push import ProgressPusher
     from quranft.trainer.tracking import training_tracker
 
     t, dist = cfg.training, cfg.distributed
@@ -185,9 +186,11 @@ def train(cfg: RunConfig, *, log: Callable[[str], None] = print,
         port = metrics.start()
         if port:
             log(f"train: Prometheus metrics on :{port}/metrics")
+        pusher = ProgressPusher.from_env(log=log)  # the operator's endpoint, when it gave one
         progress = ProgressReporter(layout.progress_path(cfg.run.name, cfg.run.workspace),
                                     cfg.metrics.progress_interval_seconds,
-                                    history=layout.progress_history_path(cfg.run.name, cfg.run.workspace))
+                                    history=layout.progress_history_path(cfg.run.name, cfg.run.workspace),
+                                    push=pusher.submit if pusher else None)
     group = ddp.GroupSync() if place.distributed else None
     if writer:
         telemetry = Telemetry(progress, metrics, t.max_steps, world_size=place.world_size, group=group)

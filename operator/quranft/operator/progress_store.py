@@ -1,0 +1,144 @@
+"""The newest pushed progress record of each run, and when a pass may copy it into status.progress.
+
+The trainer's rank 0 pushes its progress record to the operator (progress_server.py) instead of the operator
+reading every training pod's log each progressIntervalSeconds (one pod-log API request per run per interval).
+The endpoint stores the record here and wakes the run's pass (wakeups.py); the pass `take`s it at most once per
+`interval`, so status.progress is written at most that often and lags the trainer by at most `interval` plus a
+pass. A training pod that has pushed nothing for `stale_after` seconds (an image without the client, egress to
+the operator blocked) falls back to the old log read, once per interval; the pass logs that once per pod and
+counts each read (metrics.progress_log_reads).
+
+Shared between the operator's event loop (push) and kopf's executor threads (take), hence the lock. The clock is
+injected (time.monotonic), so the unit tests drive it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping
+
+from .eta import Anchor, anchor_of, with_eta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Take:
+    """What a pass gets: a pushed record to copy (with eta), or the order to read the log (`read_log`);
+    `first_fallback` on the first log read for this pod (the pass logs it)."""
+    record: dict[str, Any] | None = None
+    read_log: bool = False
+    first_fallback: bool = False
+
+
+@dataclass
+class _Run:
+    pod: str | None = None  # the training pod the pass last saw running (rank 0)
+    seen_at: float = 0.0  # when the pass first saw that pod
+    pushed_pod: str | None = None  # the pod of the newest push ...
+    pushed_at: float | None = None  # ... when it arrived ...
+    pending: dict[str, Any] | None = None  # ... and its record, until a pass takes it
+    taken_at: float = float("-inf")  # when a pass last took progress (pushed or read from the log)
+    anchor: Anchor | None = None  # the attempt's first progress, for the eta
+    anchor_pod: str | None = None
+    fallback_pods: set[str] = field(default_factory=set)  # pods already logged as falling back
+    wake_due: bool = False  # a delayed wake is scheduled for the pending record
+
+
+class ProgressStore:
+    def __init__(self, interval: float, stale_after: float, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.stale_after, self._clock = interval, stale_after, clock
+        self._runs: dict[Hashable, _Run] = {}
+        self._lock = threading.Lock()
+
+    # --- the endpoint's side ------------------------------------------------------------------------------
+    def push(self, run: Hashable, pod: str, record: Mapping[str, Any]) -> float | None:
+        """Keep `record` as the run's newest (latest wins). Returns the seconds until its pass may take it
+        (0: wake it now), or None when a wake for it is already scheduled."""
+        now = self._clock()
+        with self._lock:
+            state = self._runs.setdefault(run, _Run())
+            state.pushed_pod, state.pushed_at, state.pending = pod, now, dict(record)
+            if state.wake_due:
+                return None
+            delay = max(0.0, state.taken_at + self.interval - now)
+            state.wake_due = delay > 0
+            return delay
+
+    def wake_fired(self, run: Hashable) -> None:
+        with self._lock:
+            if run in self._runs:
+                self._runs[run].wake_due = False
+
+    # --- the pass's side -----------------------------------------------------------------------------------
+    def take(self, run: Hashable, pod: str) -> Take:
+        """The pass of `run`, whose rank-0 training pod `pod` runs: what to copy into status.progress now."""
+        now = self._clock()
+        with self._lock:
+            state = self._runs.setdefault(run, _Run())
+            if state.pod != pod:
+                state.pod, state.seen_at = pod, now
+            if now - state.taken_at < self.interval:
+                return Take()
+            if state.pending is not None and state.pushed_pod == pod:
+                record, state.pending, state.taken_at = state.pending, None, now
+                return Take(record=self._with_eta(state, pod, record))
+            if self._stale(state, pod, now):
+                state.taken_at = now
+                first = pod not in state.fallback_pods
+                state.fallback_pods.add(pod)
+                return Take(read_log=True, first_fallback=first)
+            return Take()
+
+    def from_log(self, run: Hashable, pod: str, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """A record the fallback read from the log, with its eta."""
+        if record is None:
+            return None
+        with self._lock:
+            return self._with_eta(self._runs.setdefault(run, _Run()), pod, record)
+
+    def next_in(self, run: Hashable, pod: str) -> float | None:
+        """Seconds until this run's pass has progress to take (a pending record once the write interval
+        passed, or the fallback's next log read); None while it waits for a push (which wakes it)."""
+        now = self._clock()
+        with self._lock:
+            state = self._runs.get(run)
+            if state is None or state.pod != pod:
+                return 0.0  # not seen yet: the next take registers the pod
+            opens = state.taken_at + self.interval - now
+            if state.pending is not None and state.pushed_pod == pod:
+                return max(0.0, opens)
+            last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
+            return max(0.0, opens, last + self.stale_after - now)
+
+    def forget(self, run: Hashable) -> None:
+        with self._lock:
+            self._runs.pop(run, None)
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+    def _stale(self, state: _Run, pod: str, now: float) -> bool:
+        last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
+        return now - last >= self.stale_after
+
+    @staticmethod
+    def _with_eta(state: _Run, pod: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        if state.anchor_pod != pod or state.anchor is None:
+            state.anchor, state.anchor_pod = anchor_of(record), pod
+        return with_eta(state.anchor, record)
+
+
+def progress_for_pass(store: ProgressStore, run: Hashable, pod: str,
+                      read_log: Callable[[], Mapping[str, Any] | None],
+                      count_log_read: Callable[[], None]) -> dict[str, Any] | None:
+    """status.progress's new record for this pass, if one is due: the pushed one, else (a pod that pushes
+    nothing) the last line of its log."""
+    take = store.take(run, pod)
+    if not take.read_log:
+        return take.record
+    if take.first_fallback:
+        log.info("%s: training pod %s pushed no progress for %.0f s; reading its log every %.0f s instead",
+                 "/".join(map(str, run)) if isinstance(run, tuple) else run, pod, store.stale_after, store.interval)
+    count_log_read()
+    return store.from_log(run, pod, read_log())

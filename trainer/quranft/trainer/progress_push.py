@@ -1,0 +1,143 @@
+"""Rank 0 pushes each progress record to the operator (its progress endpoint), besides printing the line.
+
+The operator hands the endpoint to the training pod it creates (operator/quranft/operator/builders.py):
+QURANFT_PROGRESS_URL, QURANFT_PROGRESS_TOKEN_FILE (a projected ServiceAccount token for the audience
+quranft-progress, which the kubelet rotates: read fresh for every push) and QURANFT_PROGRESS_CA (the CA's PEM;
+or QURANFT_PROGRESS_CA_FILE). A daemon thread sends the newest record (latest wins: a slow endpoint costs
+skipped records, never a queue), each POST with a short timeout; a failure is logged once (and a recovery once)
+and never fails or slows training. Without QURANFT_PROGRESS_URL nothing is pushed: the operator reads the log.
+
+Standard library only: the stub stages of the cluster tests use it too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Mapping
+
+URL_ENV = "QURANFT_PROGRESS_URL"
+TOKEN_FILE_ENV = "QURANFT_PROGRESS_TOKEN_FILE"
+CA_ENV = "QURANFT_PROGRESS_CA"
+CA_FILE_ENV = "QURANFT_PROGRESS_CA_FILE"
+TIMEOUT_S = 5.0
+
+
+class LatestSlot:
+    """A one-item queue where a newer item replaces an unsent one."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._full = False
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            self._item, self._full = item, True
+            self._cond.notify()
+
+    def take(self, timeout: float | None = None) -> Any:
+        """The newest item, waiting up to `timeout`; None when there is none (or the slot was closed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._full or self._closed, timeout)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> bool:
+        return self._full
+
+
+def _send(url: str, token_file: str, context: ssl.SSLContext, doc: Mapping[str, Any], timeout: float) -> None:
+    with open(token_file, encoding="utf-8") as fh:  # fresh every time: the kubelet rotates the token
+        token = fh.read().strip()
+    request = urllib.request.Request(url, data=json.dumps(doc, separators=(",", ":")).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+        response.read()
+
+
+class ProgressPusher:
+    """submit(doc) from the training loop; a daemon thread POSTs the newest one."""
+
+    def __init__(self, url: str, token_file: str, context: ssl.SSLContext, *, log: Callable[[str], None] = print,
+                 timeout: float = TIMEOUT_S, send: Callable[..., None] = _send):
+        self.url, self.token_file, self.context, self.timeout = url, token_file, context, timeout
+        self._log, self._send = log, send
+        self._slot = LatestSlot()
+        self._failing = False
+        self.sent = 0
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="progress-push", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "ProgressPusher | None":
+        env = os.environ if env is None else env
+        url, token_file = env.get(URL_ENV), env.get(TOKEN_FILE_ENV)
+        if not url or not token_file:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=env.get(CA_FILE_ENV) or None,
+                                                 cadata=env.get(CA_ENV) or None)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            (kwargs.get("log") or print)(f"progress push: off, the CA given is unusable ({exc})")
+            return None
+        return cls(url, token_file, context, **kwargs)
+
+    def submit(self, doc: Mapping[str, Any]) -> None:
+        """Never blocks: the record replaces any not yet sent."""
+        self._idle.clear()
+        self._slot.put(dict(doc))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the newest record to be sent (or to fail); True when idle."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._slot.close()
+
+    def _run(self) -> None:
+        while True:
+            doc = self._slot.take(timeout=1.0)
+            if doc is None:
+                if self._slot.closed:
+                    return
+                self._idle.set()
+                continue
+            try:
+                self._send(self.url, self.token_file, self.context, doc, self.timeout)
+                self.sent += 1
+                if self._failing:
+                    self._log("progress push: recovered")
+                self._failing = False
+            except Exception as exc:  # noqa: BLE001  never fails training; the operator falls back to the log
+                if not self._failing:
+                    self._log(f"progress push to {self.url} failed ({_reason(exc)}); the operator reads the log "
+                              "until a push succeeds")
+                self._failing = True
+            finally:
+                if not self._slot.pending:
+                    self._idle.set()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    return f"{type(exc).__name__}: {exc}"
