@@ -70,6 +70,22 @@ def test_data_and_training_are_the_trainers_models():
         parse_spec(body(spec_overrides={"training": {"baseModel": "tiny", "maxSteps": 5, "warmupSteps": 5}})["spec"])
 
 
+def test_spec_benchmark_is_the_run_configs_benchmark_model():
+    """One model for spec.benchmark and the run config's `benchmark` section: the CRD's subclasses it (for its CEL
+    rules and the typed corpus), so the fields, defaults and checks are the same; the section adds only what the
+    operator fixes per run and the stage's own knobs."""
+    from quranft.contract.config import BenchmarkConfig, BenchmarkSpec
+    from quranft.operator.resource import Benchmark
+
+    assert issubclass(QuranFineTuneSpec.model_fields["benchmark"].annotation, BenchmarkSpec)
+    assert list(Benchmark.model_fields) == list(BenchmarkSpec.model_fields)
+    assert set(BenchmarkConfig.model_fields) - set(BenchmarkSpec.model_fields) == {
+        "model", "name", "out", "training_data", "mode", "baseline_model", "baseline_name", "baseline_run",
+        "resamples", "also_accept", "device"}
+    with pytest.raises(ConfigError, match="verdictHead must be one of the heads decoder scores"):
+        parse_spec(body(spec_overrides={"benchmark": {"decoder": "ctc", "verdictHead": "rnnt"}})["spec"])
+
+
 def test_model_defaults_are_the_crd_defaults():
     """A spec defaulted by the API server (the CRD's defaults) and the same spec defaulted by the model agree, to
     the nested sections ({} defaults filled in by their own fields' defaults)."""
@@ -90,6 +106,16 @@ def _example_specs():
 def test_every_example_parses_as_stored(spec):
     stored = apply_defaults(schema()["properties"]["spec"], spec)
     assert parse_spec(stored).model_dump(by_alias=True, exclude_none=True) == stored
+
+
+@pytest.mark.parametrize("spec", list(_example_specs()))
+def test_every_example_makes_a_run_config_every_stage_accepts(spec):
+    """The ConfigMap document of each example, as stored, validates with the run config (benchmark section too)."""
+    from quranft.operator import builders
+
+    stored = apply_defaults(schema()["properties"]["spec"], spec)
+    cfg = builders.validate_run_config(builders.run_config_doc(stored, {"name": "x", "namespace": "ns"}))
+    assert cfg.benchmark.model == "/workspace/runs/x/model.nemo" and cfg.benchmark.training_data
 
 
 def test_bad_specs_name_the_field():
