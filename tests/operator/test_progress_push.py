@@ -81,8 +81,10 @@ def test_identity_of_a_token_review():
     assert ps.identity_of(review()) == ps.Identity("ns", "r-train-abc", "u1")
     assert ps.identity_of(review(authenticated=False)) is None
     assert ps.identity_of(review(audiences=("https://kubernetes.default.svc",))) is None
-    assert ps.identity_of(review(username="alice")) is None  # a person, not a pod
-    assert ps.identity_of(review(pod=None)) is None  # a ServiceAccount token bound to no pod
+    # Valid, but of no pod: a person, a ServiceAccount token bound to no pod (the endpoint answers 403).
+    assert ps.identity_of(review(username="alice")) == ps.Identity("", "")
+    assert ps.identity_of(review(pod=None)) == ps.Identity("ns", "")
+    assert ps.training_run(ps.Identity("ns", ""), RUN_PODS) is None
     assert ps.identity_of({}) is None
 
 
@@ -246,7 +248,7 @@ def test_endpoint_accepts_the_training_pod_and_refuses_everyone_else(tmp_path):
     import urllib.request
 
     reviews = {"good": review(pod="r-train-abc"), "rank1": review(pod="multi-train-1-b"),
-               "forged": review(authenticated=False)}
+               "unbound": review(pod=None), "forged": review(authenticated=False)}
     calls, woken = [], []
 
     async def fake_review(token):
@@ -281,6 +283,7 @@ def test_endpoint_accepts_the_training_pod_and_refuses_everyone_else(tmp_path):
             assert pusher.flush(10) and pusher.sent == 2, logs
             codes = {"absent": post(None, b"{}"), "forged": post("forged", json.dumps(record(1, 0)).encode()),
                      "rank1": post("rank1", json.dumps(record(1, 0)).encode()),
+                     "unbound": post("unbound", json.dumps(record(1, 0)).encode()),
                      "bad json": post("good", b"{not json"), "not a record": post("good", b'{"step": "x"}')}
             return codes
 
@@ -289,7 +292,8 @@ def test_endpoint_accepts_the_training_pod_and_refuses_everyone_else(tmp_path):
         return store, codes
 
     store, codes = asyncio.run(scenario())
-    assert codes == {"absent": 401, "forged": 401, "rank1": 403, "bad json": 400, "not a record": 400}
+    assert codes == {"absent": 401, "forged": 401, "rank1": 403, "unbound": 403, "bad json": 400,
+                     "not a record": 400}
     assert woken and woken[0] == ("ns", "r")
     assert calls.count("good") == 1  # reviewed once, then cached
     got = store.take(("ns", "r"), "r-train-abc").record

@@ -386,18 +386,16 @@ def _reporter(train: JobView) -> Any:
 
 
 def _read_progress(memo: kopf.Memo, meta: Mapping[str, Any], jobs: Mapping[str, JobView]) -> Any:
-    """The training pod's progress for this pass, when it is due (observe.gather asks for it)."""
-    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    cfg: OperatorSettings = memo.settings
+    """The training pod's progress for this pass, when it is due (observe.gather asks for it): the record it
+    pushed (progress_server.py), or for a pod that pushes nothing its log's last line (progress_store.py)."""
+    ns, name = meta["namespace"], meta["name"]
     kube: Kube = memo.kube
-    progress = None
     train = jobs.get("train")
     reporter = _reporter(train) if train else None
-    if train and not train.finished and reporter is not None and reporter.running:
-        progress = progress_for_pass(memo.progress, (ns, name), reporter.name,
-                                     lambda: kube.last_progress(ns, reporter.name), memo.metrics.progress_log_reads.inc)
-
-    return progress
+    if not train or train.finished or reporter is None or not reporter.running:
+        return None
+    return progress_for_pass(memo.progress, (ns, name), reporter.name,
+                             lambda: kube.last_progress(ns, reporter.name), memo.metrics.progress_log_reads.inc)
 
 
 def apply(derived: st.Derived, spec: Mapping[str, Any], meta: Mapping[str, Any], memo: kopf.Memo,

@@ -43,26 +43,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Identity:
-    """The pod a reviewed token is bound to."""
+    """Who a reviewed token belongs to: the pod it is bound to ("" for a token of no pod, or of no
+    ServiceAccount: authenticated, but never a run's training pod)."""
     namespace: str
     pod: str
-    pod_uid: str
+    pod_uid: str = ""
 
 
 def identity_of(review: Mapping[str, Any]) -> Identity | None:
-    """The pod of a TokenReview's status; None unless authenticated, for our audience, as a ServiceAccount, bound
-    to a pod."""
+    """The pod of a TokenReview's status; None unless the token is valid for our audience."""
     status = review.get("status") or {}
     if not status.get("authenticated") or AUDIENCE not in (status.get("audiences") or [AUDIENCE]):
         return None
     user = status.get("user") or {}
     username = user.get("username") or ""
     if not username.startswith(SA_PREFIX) or username.count(":") != 3:
-        return None
-    namespace = username.split(":")[2]
+        return Identity("", "")
     extra = user.get("extra") or {}
-    pod, uid = (extra.get(POD_NAME) or [None])[0], (extra.get(POD_UID) or [""])[0]
-    return Identity(namespace, pod, uid) if pod else None
+    pod, uid = (extra.get(POD_NAME) or [""])[0], (extra.get(POD_UID) or [""])[0]
+    return Identity(username.split(":")[2], pod, uid)
 
 
 def token_expiry(token: str) -> float | None:
@@ -114,7 +113,8 @@ def training_run(identity: Identity, run_pods: Mapping[Any, Any]) -> str | None:
     -> pod views); None for any other pod."""
     for key in list(run_pods):
         namespace, run, stage = key
-        if namespace == identity.namespace and stage == "train" and _reporter_in(run_pods, key, identity.pod):
+        if identity.pod and namespace == identity.namespace and stage == "train" and \
+                _reporter_in(run_pods, key, identity.pod):
             return run
     return None
 
