@@ -4,7 +4,8 @@ from __future__ import annotations
 import yaml
 from specs import apply_defaults, schema
 
-from quranft.operator import access, builders, demo
+from quranft.cluster import demo
+from quranft.operator import access, builders
 from quranft.operator.campaign_plan import plan
 from quranft.operator.campaign_spec import CampaignSpec
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import yaml
 
-from quranft.operator import access, demo
+from quranft.cluster import demo
+from quranft.operator import access
 
 
 def test_seed_job_is_restricted_and_uses_the_trainer_clis():
