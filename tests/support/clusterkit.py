@@ -23,20 +23,30 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "quranft.io", "v1alpha1", "quranfinetunes"
 STUB_IMAGE = "ghcr.io/quran-finetune/stub-stage:test"
 
-# A fast fake stage honouring the contract: progress lines, the termination-message JSON, exit codes. It imports
-# the contract's pure-stdlib modules (not pydantic: scale tests start thousands of these), so every stub pod also
-# proves that the embedded cluster's pods can import quranft.contract.
+# A fast fake stage honouring the contract: progress lines and pushes (the trainer's own client,
+# quranft.trainer.progress_push, when the operator gave the pod its endpoint), the termination-message JSON, exit
+# codes. It imports the contract's pure-stdlib modules (not pydantic: scale tests start thousands of these), so
+# every stub pod also proves that the embedded cluster's pods can import quranft.contract.
 STUB = r"""
 import json, sys, time
 from quranft.contract.exits import REASON_BY_EXIT
 from quranft.contract.workspace import data_dir, model_path
 stage, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 steps = 10
+pusher = None
+if stage == "train":
+    from quranft.trainer.progress_push import ProgressPusher
+    pusher = ProgressPusher.from_env()
 for i in range(1, steps + 1):
     time.sleep(seconds / steps)
     if stage == "train":
-        print("QURANFT_PROGRESS " + json.dumps({"step": i, "maxSteps": steps, "loss": round(1.0 / i, 3),
-              "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), flush=True)
+        doc = {"step": i, "maxSteps": steps, "loss": round(1.0 / i, 3), "epoch": 0,
+               "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        print("QURANFT_PROGRESS " + json.dumps(doc), flush=True)
+        if pusher:
+            pusher.submit(doc)
+if pusher:
+    pusher.flush(2)
 if code:
     msg = {"ok": False, "stage": stage, "reason": REASON_BY_EXIT.get(code, "TrainingError"),
            "message": "stub failure with exit code %d" % code}
