@@ -26,7 +26,7 @@ def test_names_and_printer_columns():
     version = doc["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:7] == ["Phase", "Progress", "Verdict", "Recall", "SeqAcc", "Delta", "Age"]
+    assert columns[:8] == ["Phase", "Progress", "ETA", "Verdict", "Recall", "SeqAcc", "Delta", "Age"]
 
 
 def test_every_spec_field_is_described_and_typed():
