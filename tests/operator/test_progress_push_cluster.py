@@ -2,7 +2,8 @@
 pushes its progress with the real client (quranft.trainer.progress_push) and prints NO progress line, so
 status.progress can only have come from the push. It follows the trainer within 15 s, the operator reads no pod
 log (the API server's own apiserver_request_total for pods/log, and the operator's fallback counter), and a
-forged, an absent or a pod-less token is refused."""
+forged, an absent or a pod-less token is refused. A trainer that pushes nothing (an older image) still gets its
+progress into the status, from its log, counted as a fallback."""
 from __future__ import annotations
 
 import json
@@ -136,3 +137,32 @@ def test_the_endpoint_refuses_forged_absent_and_pod_less_tokens(env):
             "kind": "Pod", "apiVersion": "v1", "name": pod.metadata.name, "uid": pod.metadata.uid}}}).status.token
     assert post(url, ca_pem, right, {"step": "many"}) == 400
     assert post(url, ca_pem, right, doc) == 204
+
+
+# An older trainer image: progress lines only, no push.
+PRINTING_TRAINER = r"""
+import json, sys, time
+from datetime import datetime, timezone
+steps = int(sys.argv[1])
+for i in range(1, steps + 1):
+    time.sleep(1.0)
+    print("QURANFT_PROGRESS " + json.dumps({"step": i, "maxSteps": steps, "epoch": 0,
+          "updatedAt": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")}), flush=True)
+msg = {"ok": True, "stage": "train", "step": steps, "modelPath": "/workspace/runs/stub/model/model.nemo",
+       "sizeBytes": 1234, "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1, "valWer": 0.2,
+       "resumedFromStep": None}
+open("/dev/termination-log", "w").write(json.dumps(msg))
+"""
+
+
+def test_a_trainer_that_pushes_nothing_falls_back_to_its_log(env):
+    env.claim()
+    env.start_operator("--progress-interval", "2", "--progress-stale-seconds", "4")
+    commands = dict(stub_commands(), train=["python", "-c", PRINTING_TRAINER, "20"])
+    env.create(resource("printing", commands=commands, training={"baseModel": "tiny", "maxSteps": 20}))
+    env.wait_phase("printing", "Training", timeout=120)
+    seen = env.wait(lambda: ((env.get("printing").get("status") or {}).get("progress") or {}).get("step"), 30,
+                    "progress read from the log")
+    assert 1 <= seen <= 20
+    assert operator_metric(env, "quranft_progress_log_reads_total") >= 1
+    assert "pushed no progress" in env.log_tail(200)
