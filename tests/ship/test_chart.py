@@ -150,3 +150,45 @@ def test_watch_namespaces_become_flags(helm, values):
     container = one(render(helm, *values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "--namespace=team-a" in container["args"] and "--namespace=team-b" in container["args"]
     assert "--all-namespaces" not in container["args"]
+
+
+def test_the_progress_endpoint_gets_a_certificate_its_service_name_verifies(helm, tmp_path):
+    """The Helm-generated Secret loads into the operator's TLS context (progress_tls.server_tls) and a client that
+    trusts only its ca.crt, as the training pods do, completes a handshake for the URL the operator hands out."""
+    import base64
+    import socket
+    import ssl
+    import threading
+    from urllib.parse import urlsplit
+
+    from quranft.operator.progress_tls import server_tls
+    from quranft.operator.settings import settings_from_env
+
+    objects = render(helm)
+    secret = next(o for o in by_kind(objects, "Secret") if o["metadata"]["name"].endswith("-progress-tls"))
+    files = {}
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        files[key] = tmp_path / key
+        files[key].write_bytes(base64.b64decode(secret["data"][key]))
+    env = _operator_env(helm)
+    settings = settings_from_env({k: v for k, v in env.items() if k.startswith("QURANFT_OPERATOR_")})
+    host = urlsplit(settings.progress_url).hostname
+    assert host == "qft-quran-finetune-progress.quranft-system.svc" and settings.progress_port == 8443
+    assert {s["metadata"]["name"] for s in by_kind(objects, "Service")} >= {"qft-quran-finetune-progress"}
+    tls = server_tls(str(files["tls.crt"]), str(files["tls.key"]), str(files["ca.crt"]), [])
+    assert tls.ca_pem == files["ca.crt"].read_text()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve():
+            conn, _ = listener.accept()
+            with tls.context.wrap_socket(conn, server_side=True):
+                pass
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        client = ssl.create_default_context(cadata=tls.ca_pem)
+        with socket.create_connection(listener.getsockname(), timeout=10) as raw:
+            with client.wrap_socket(raw, server_hostname=host) as conn:
+                assert conn.version() in ("TLSv1.2", "TLSv1.3")
+        thread.join(10)

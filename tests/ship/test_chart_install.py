@@ -17,12 +17,13 @@ def test_chart_operator_runs_a_stub_resource_to_a_verdict(cluster, namespace, he
 
     kube = ["--kubeconfig", str(cluster.kubeconfig)]
     release = "qft-" + namespace[-10:]
-    metrics_port, health_port = free_port(), free_port()
+    metrics_port, health_port, progress_port = free_port(), free_port(), free_port()
     # Pods of the embedded node agent share the host's network, hence free ports. The operator watches only
     # this namespace, so it never competes with other tests' operators; command overrides make stages fast.
     helm("install", release, str(CHART), "--namespace", namespace, *kube, "--take-ownership",
          "--set", f"operator.watchNamespaces[0]={namespace}",
          "--set", f"operator.metricsPort={metrics_port}", "--set", f"operator.healthPort={health_port}",
+         "--set", f"operator.progress.port={progress_port}",
          "--set", "operator.extraArgs[0]=--allow-command-overrides",
          "--wait", "--timeout", "3m", timeout=240)
     env = Env(cluster, namespace, tmp_path)
