@@ -18,7 +18,8 @@ from quranft.operator import builders
 pytestmark = pytest.mark.cluster
 PAIR = {"nodes": 2, "gpus": 0, "distributedBackend": "gloo", "cpu": "100m", "memory": "256Mi"}
 
-# A rank of the stub group: rank 0 prints progress and writes the train summary, every rank records the
+# A rank of the stub group: rank 0 prints and pushes progress (the trainer's client, quranft.trainer.progress_push)
+# and writes the train summary, every rank records the
 # rendezvous environment it got in its termination message. Rank 1 of the first attempt kills itself once
 # (SIGKILL, as the CPU e2e does to a real trainer); the marker on the claim makes the next attempt succeed.
 RANK = r"""
@@ -33,11 +34,18 @@ if rank == 1 and run.startswith("group") and not marker.exists():
     time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGKILL)
 steps = max(1, int(seconds * 2))
+pusher = None
+if rank == 0:
+    from quranft.trainer.progress_push import ProgressPusher
+    pusher = ProgressPusher.from_env()
 for step in range(1, steps + 1):
     time.sleep(0.5)
     if rank == 0:
-        print("QURANFT_PROGRESS " + json.dumps({"step": step, "maxSteps": steps, "loss": 1.0 / step, "worldSize": 2,
-              "valWer": 0.9, "samplesPerSecond": 10.0}), flush=True)
+        doc = {"step": step, "maxSteps": steps, "loss": 1.0 / step, "epoch": 0, "worldSize": 2, "valWer": 0.9,
+               "samplesPerSecond": 10.0, "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        print("QURANFT_PROGRESS " + json.dumps(doc), flush=True)
+        if pusher:
+            pusher.submit(doc)
 msg = {"ok": True, "stage": "train", "rank": rank, "seen": seen}
 if rank == 0:
     msg.update(step=steps, modelPath=f"/workspace/runs/{run}/model.nemo", worldSize=2, globalBatchSize=16, nodes=2,
