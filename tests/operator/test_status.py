@@ -634,26 +634,25 @@ def test_progress_keeps_the_metrics_early_stopping_reads():
 
 # --- transition events: the runs' rule and the campaigns' (one function, the warning set and a skip predicate) -----
 
-def _promoted(cond: dict) -> bool:
-    return cond["type"] == "Promoted" and cond.get("status") == "True"
-
-
 def _c(ctype: str, value: str, reason: str) -> dict:
     return {"type": ctype, "status": value, "reason": reason, "message": "m"}
 
 
-@pytest.mark.parametrize("old,new", [
-    ({}, {"phase": "Running", "conditions": [_c("Failed", "True", "InvalidBaseline")]}),
-    ({"phase": "Running"}, {"phase": "Running", "conditions": [_c("VariantsValid", "False", "InvalidVariants")]}),
-    ({"conditions": [_c("Promoted", "False", "Waiting")]}, {"conditions": [_c("Promoted", "True", "Promoted")]}),
-    ({"conditions": [_c("Notified", "False", "x")]}, {"conditions": [_c("Notified", "False", "NotifyFailed"),
-                                                                      _c("Done", "True", "Done")]}),
+@pytest.mark.parametrize("old,new,expected", [
+    ({}, {"phase": "Running", "conditions": [_c("Failed", "True", "InvalidBaseline")]},
+     [("Normal", "PhaseRunning", "phase - -> Running"), ("Warning", "InvalidBaseline", "Failed=True: m")]),
+    ({"phase": "Running"}, {"phase": "Running", "conditions": [_c("VariantsValid", "False", "InvalidVariants")]},
+     [("Warning", "InvalidVariants", "VariantsValid=False: m")]),
+    # Promoted=True has its own Event (with the model's path): no transition event
+    ({"conditions": [_c("Promoted", "False", "Waiting")]}, {"conditions": [_c("Promoted", "True", "Promoted")]}, []),
+    ({"conditions": [_c("Notified", "False", "x")]},
+     {"conditions": [_c("Notified", "False", "NotifyFailed"), _c("Done", "True", "Done")]},
+     [("Warning", "NotifyFailed", "Notified=False: m"), ("Normal", "Done", "Done=True: m")]),
 ])
-def test_one_transition_events_function_serves_the_campaigns(old, new):
+def test_one_transition_events_function_serves_the_campaigns(old, new, expected):
     from quranft.operator import campaign_derive
 
-    ours = transition_events(old, new, campaign_derive.WARNING_CONDITIONS, skip=_promoted)
-    assert ours == campaign_derive._transition_events(old, new)
+    assert transition_events(old, new, campaign_derive.WARNING_CONDITIONS, skip=campaign_derive._promoted) == expected
 
 
 @pytest.mark.parametrize("cond_,kind", [

@@ -29,6 +29,11 @@ WARNING_CONDITIONS = {"InvalidVariants", "InvalidBaseline", "CorpusMismatch", "F
 NOTIFY_EVENTS = ("finished", "promoted")
 
 
+def _promoted(cond: Mapping[str, Any]) -> bool:
+    """No transition event for Promoted=True: the Promoted Event itself carries the model's path (_promotion_result)."""
+    return cond["type"] == "Promoted" and cond.get("status") == "True"
+
+
 # --- what we observe -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -353,7 +358,7 @@ class _Pass:
     def finish(self) -> CampaignDerived:
         if self.new.get("phase") in TERMINAL_PHASES:
             self._notify()
-        self.out.events = _transition_events(self.old, self.new) + self.out.events
+        self.out.events = st.transition_events(self.old, self.new, WARNING_CONDITIONS, _promoted) + self.out.events
         return self.out
 
     # --- the report Job and, afterwards, promotion Jobs --------------------------------------------------------
@@ -513,24 +518,6 @@ def _job_startup_problem(job: JobView, obs: CampaignObserved) -> tuple[str, str]
     if problem and problem[2]:
         return problem[0], problem[1]
     return None
-
-
-def _transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    events: list[tuple[str, str, str]] = []
-    if old.get("phase") != new.get("phase"):
-        events.append(("Normal", f"Phase{new.get('phase')}", f"phase {old.get('phase') or '-'} -> {new.get('phase')}"))
-    before = {c["type"]: c for c in old.get("conditions") or []}
-    for cond in new.get("conditions") or []:
-        prev = before.get(cond["type"])
-        if prev and prev.get("status") == cond.get("status") and prev.get("reason") == cond.get("reason"):
-            continue
-        if cond["type"] == "Promoted" and cond.get("status") == "True":
-            continue  # the Promoted Event itself, with the model's path (_promotion_result)
-        warning = (cond["type"] in WARNING_CONDITIONS and cond.get("status") == "True") or \
-            cond.get("reason") in WARNING_CONDITIONS
-        events.append(("Warning" if warning else "Normal", cond.get("reason") or cond["type"],
-                       f"{cond['type']}={cond.get('status')}: {cond.get('message', '')}"))
-    return events
 
 
 def derive(spec: CampaignSpec, meta: Mapping[str, Any], status: Mapping[str, Any] | None,
