@@ -62,14 +62,22 @@ open("/dev/termination-log", "w").write(json.dumps(summary))
 """
 
 
-# A training stage that validates every step at the WER it is given (the trainer's progress-line contract).
+# A training stage that validates every step at the WER it is given (the trainer's progress contract: the line,
+# and the push with the trainer's own client).
 TRAIN_STUB = r"""
 import json, sys, time
+from quranft.trainer.progress_push import ProgressPusher
+pusher = ProgressPusher.from_env()
 wer, steps, seconds = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 for i in range(1, steps + 1):
     time.sleep(seconds / steps)
-    print("QURANFT_PROGRESS " + json.dumps({"step": i, "maxSteps": steps, "loss": 1.0, "valWer": wer,
-          "valWerStep": i, "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), flush=True)
+    doc = {"step": i, "maxSteps": steps, "loss": 1.0, "epoch": 0, "valWer": wer, "valWerStep": i,
+           "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print("QURANFT_PROGRESS " + json.dumps(doc), flush=True)
+    if pusher:
+        pusher.submit(doc)
+if pusher:
+    pusher.flush(2)
 msg = {"ok": True, "stage": "train", "step": steps, "modelPath": "/workspace/runs/x/model.nemo", "sizeBytes": 1234,
        "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1, "valWer": wer, "resumedFromStep": None}
 open("/dev/termination-log", "w").write(json.dumps(msg))

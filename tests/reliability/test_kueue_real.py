@@ -36,9 +36,11 @@ KUEUE = ("kueue.x-k8s.io", "v1beta2")
 QUEUE = "gpus"  # the LocalQueue name of the examples
 
 # A training stub that honours SIGTERM as the trainer does: it saves its step and exits 143; started again, it
-# resumes from the saved step. Progress lines and the termination message follow docs/contracts.md.
+# resumes from the saved step. Progress (lines and pushes) and the termination message follow docs/contracts.md.
 RESUMABLE_TRAIN = r"""
 import json, os, signal, sys, time
+from quranft.trainer.progress_push import ProgressPusher
+pusher = ProgressPusher.from_env()
 steps, seconds = int(sys.argv[1]), float(sys.argv[2])
 path = "/workspace/runs/%s/stub-step" % os.environ["QURANFT_RUN"]
 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -53,8 +55,11 @@ print("resuming from step %d" % start if start else "starting", flush=True)
 while step < steps:
     time.sleep(seconds / steps)
     step += 1
-    print("QURANFT_PROGRESS " + json.dumps({"step": step, "maxSteps": steps, "loss": round(1.0 / step, 3),
-          "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), flush=True)
+    doc = {"step": step, "maxSteps": steps, "loss": round(1.0 / step, 3), "epoch": 0,
+           "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print("QURANFT_PROGRESS " + json.dumps(doc), flush=True)
+    if pusher:
+        pusher.submit(doc)
 open("/dev/termination-log", "w").write(json.dumps({"ok": True, "stage": "train", "step": steps,
     "modelPath": "/workspace/runs/stub/model.nemo", "sizeBytes": 1234, "sha256": "0" * 64, "dataSpecHash": "stub",
     "finalLoss": 0.1, "valWer": 0.2, "resumedFromStep": start or None}))
