@@ -34,7 +34,7 @@ def _walk(node, path):
 
 
 def test_the_checked_in_crd_is_the_generators_output():
-    assert CRD.read_text() == _generator().render(), "run python scripts/gen_campaign_crd.py"
+    assert CRD.read_text() == _generator().render(), "run python scripts/gen_crd.py"
 
 
 def test_the_template_is_the_quranfinetune_spec_schema():
