@@ -97,7 +97,7 @@ def test_status_progress_follows_the_push_without_pod_log_reads(env):
     assert max(lags) <= 15, lags  # the trainer pushes every second; status is at most ~5 s + a pass behind
     assert len(seen) >= 4  # it followed the training, not just one record
     done = env.wait_phase("pushed", ("Benchmarking", "Succeeded"), timeout=120)
-    assert done["status"]["progress"].get("eta") is not None and "etaSeconds" in done["status"]["progress"]
+    assert (done["status"]["progress"]["eta"], done["status"]["progress"]["etaSeconds"]) == ("0s", 0)  # trained
 
     assert operator_metric(env, "quranft_progress_log_reads_total") == 0
     assert operator_metric(env, "quranft_progress_pushes_total") >= 4

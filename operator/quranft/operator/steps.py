@@ -189,6 +189,8 @@ def train(p: Draft) -> Decision:
     p.new["model"] = _model(spec, p.meta, summary)
     if p.new.get("progress"):
         p.new["progress"]["step"] = p.new["model"].get("step") or p.new["progress"].get("step")
+        if "eta" in p.new["progress"]:  # trained: no time left, whatever the last record estimated (eta.py)
+            p.new["progress"].update(eta="0s", etaSeconds=0)
         _display(p.new["progress"])
     p.cond("Trained", True, "Trained", f"Job {job.name} wrote {p.new['model']['path']}")
     return None
