@@ -279,8 +279,10 @@ def test_endpoint_accepts_the_training_pod_and_refuses_everyone_else(tmp_path):
             pusher = progress_push.ProgressPusher.from_env(env, log=logs.append)
             pusher.submit(record(1, 0))
             assert pusher.flush(10) and pusher.sent == 1, logs
+            connection = pusher._send._conn
             pusher.submit(record(2, 1))
             assert pusher.flush(10) and pusher.sent == 2, logs
+            assert connection is not None and pusher._send._conn is connection  # one TLS handshake, kept alive
             codes = {"absent": post(None, b"{}"), "forged": post("forged", json.dumps(record(1, 0)).encode()),
                      "rank1": post("rank1", json.dumps(record(1, 0)).encode()),
                      "unbound": post("unbound", json.dumps(record(1, 0)).encode()),
@@ -298,3 +300,40 @@ def test_endpoint_accepts_the_training_pod_and_refuses_everyone_else(tmp_path):
     assert calls.count("good") == 1  # reviewed once, then cached
     got = store.take(("ns", "r"), "r-train-abc").record
     assert got["step"] == 2  # the newest
+
+
+def test_kept_alive_replaces_a_connection_the_server_closed_and_retries_once(tmp_path, monkeypatch):
+    import http.client
+
+    made = []
+
+    class Response:
+        status = 204
+
+        def read(self):
+            return b""
+
+    class Connection:
+        def __init__(self, host, port, context=None, timeout=None):
+            self.uses, self.closed = 0, False
+            made.append(self)
+
+        def request(self, method, path, body, headers):
+            assert headers["Authorization"] == "Bearer tok" and path == "/v1/progress"
+            self.uses += 1
+            if len(made) == 1 and self.uses == 2:  # the server closed it while idle
+                raise http.client.RemoteDisconnected("closed")
+
+        def getresponse(self):
+            return Response()
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(http.client, "HTTPSConnection", Connection)
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    send = progress_push.KeptAlive()
+    for step in range(3):
+        send("https://op:8443/v1/progress", str(token), None, {"step": step}, 1.0)
+    assert len(made) == 2 and made[0].closed and made[1].uses == 2  # one reconnect, no push lost

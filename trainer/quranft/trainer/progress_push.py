@@ -4,20 +4,20 @@ The operator hands the endpoint to the training pod it creates (operator/quranft
 QURANFT_PROGRESS_URL, QURANFT_PROGRESS_TOKEN_FILE (a projected ServiceAccount token for the audience
 quranft-progress, which the kubelet rotates: read fresh for every push) and QURANFT_PROGRESS_CA (the CA's PEM;
 or QURANFT_PROGRESS_CA_FILE). A daemon thread sends the newest record (latest wins: a slow endpoint costs
-skipped records, never a queue), each POST with a short timeout; a failure is logged once (and a recovery once)
+skipped records, never a queue) over one kept-alive connection, each POST with a short timeout; a failure is logged once (and a recovery once)
 and never fails or slows training. Without QURANFT_PROGRESS_URL nothing is pushed: the operator reads the log.
 
 Standard library only: the stub stages of the cluster tests use it too.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
 import threading
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 URL_ENV = "QURANFT_PROGRESS_URL"
 TOKEN_FILE_ENV = "QURANFT_PROGRESS_TOKEN_FILE"
@@ -63,22 +63,56 @@ class LatestSlot:
         return self._full
 
 
-def _send(url: str, token_file: str, context: ssl.SSLContext, doc: Mapping[str, Any], timeout: float) -> None:
-    with open(token_file, encoding="utf-8") as fh:  # fresh every time: the kubelet rotates the token
-        token = fh.read().strip()
-    request = urllib.request.Request(url, data=json.dumps(doc, separators=(",", ":")).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-        response.read()
+class PushRefused(Exception):
+    """The endpoint answered with an error status."""
+
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class KeptAlive:
+    """POSTs over one kept-alive HTTPS connection: a TLS handshake per pod, not per push (at 1,000 runs the
+    operator would otherwise handshake hundreds of times a second). A connection the server closed meanwhile
+    is replaced and the push retried once."""
+
+    def __init__(self) -> None:
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def __call__(self, url: str, token_file: str, context: ssl.SSLContext, doc: Mapping[str, Any],
+                 timeout: float) -> None:
+        with open(token_file, encoding="utf-8") as fh:  # fresh every time: the kubelet rotates the token
+            token = fh.read().strip()
+        target = urlsplit(url)
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(target.hostname, target.port or 443, context=context,
+                                                         timeout=timeout)
+            try:
+                self._conn.request("POST", target.path or "/", body, headers)
+                response = self._conn.getresponse()
+                response.read()
+            except (http.client.HTTPException, OSError):
+                self._conn.close()
+                self._conn = None
+                if reused and attempt == 0:
+                    continue  # the server closed an idle connection: once more on a new one
+                raise
+            if response.status >= 300:
+                raise PushRefused(response.status)
+            return
 
 
 class ProgressPusher:
     """submit(doc) from the training loop; a daemon thread POSTs the newest one."""
 
     def __init__(self, url: str, token_file: str, context: ssl.SSLContext, *, log: Callable[[str], None] = print,
-                 timeout: float = TIMEOUT_S, send: Callable[..., None] = _send):
+                 timeout: float = TIMEOUT_S, send: Callable[..., None] | None = None):
         self.url, self.token_file, self.context, self.timeout = url, token_file, context, timeout
-        self._log, self._send = log, send
+        self._log, self._send = log, send or KeptAlive()
         self._slot = LatestSlot()
         self._failing = False
         self.sent = 0
@@ -138,6 +172,4 @@ class ProgressPusher:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code}"
-    return f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, PushRefused) else f"{type(exc).__name__}: {exc}"
