@@ -170,13 +170,29 @@ def test_store_falls_back_to_the_log_for_a_pod_that_pushes_nothing():
     assert store.next_in(key, "q") == pytest.approx(60)
 
 
+def test_log_reads_that_find_nothing_back_off():
+    clock = Clock()
+    store = ProgressStore(interval=10, stale_after=0, clock=clock)
+    reads, found = [], []
+
+    def log_text():
+        return record(1, clock.now) if clock.now >= 150 else None  # the trainer loads its model until then
+
+    for now in range(0, 400, 5):
+        clock.now = now
+        if progress_for_pass(store, ("ns", "r"), "p", log_text, lambda: reads.append(clock.now)):
+            found.append(now)
+    assert reads[:6] == [0, 20, 60, 140, 260, 270]  # waits 20, 40, 80, 120 (capped) while empty; then 10 again
+    assert found[:2] == [260, 270] and store.next_in(("ns", "r"), "p") <= 10
+
+
 def test_push_off_reads_the_log_every_interval():
     clock = Clock()
     store = ProgressStore(interval=10, stale_after=0, clock=clock)
     reads = []
     for now in (0, 5, 10, 20):
         clock.now = now
-        progress_for_pass(store, ("ns", "r"), "p", lambda: None, lambda: reads.append(clock.now))
+        progress_for_pass(store, ("ns", "r"), "p", lambda: record(1, 0), lambda: reads.append(clock.now))
     assert reads == [0, 10, 20]
 
 

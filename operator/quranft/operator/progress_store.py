@@ -6,7 +6,9 @@ The endpoint stores the record here and wakes the run's pass (wakeups.py); the p
 `interval`, so status.progress is written at most that often and lags the trainer by at most `interval` plus a
 pass. A training pod that has pushed nothing for `stale_after` seconds (an image without the client, egress to
 the operator blocked) falls back to the old log read, once per interval; the pass logs that once per pod and
-counts each read (metrics.progress_log_reads).
+counts each read (metrics.progress_log_reads). A read that finds no progress line yet (a trainer still importing
+and loading its model: the real one took 90 s on a loaded 2-core box) doubles the wait before the next one, up
+to MAX_EMPTY_READ_WAIT_S; a line found resets it.
 
 Shared between the operator's event loop (push) and kopf's executor threads (take), hence the lock. The clock is
 injected (time.monotonic), so the unit tests drive it.
@@ -21,6 +23,7 @@ from typing import Any, Callable, Hashable, Mapping
 
 from .eta import Anchor, anchor_of, with_eta
 
+MAX_EMPTY_READ_WAIT_S = 120.0
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +48,7 @@ class _Run:
     anchor_pod: str | None = None
     fallback_pods: set[str] = field(default_factory=set)  # pods already logged as falling back
     wake_due: bool = False  # a delayed wake is scheduled for the pending record
+    read_wait: float | None = None  # the wait before the next log read (doubled by reads that found nothing)
 
 
 class ProgressStore:
@@ -84,8 +88,9 @@ class ProgressStore:
                 return Take()
             if state.pending is not None and state.pushed_pod == pod:
                 record, state.pending, state.taken_at = state.pending, None, now
+                state.read_wait = None
                 return Take(record=self._with_eta(state, pod, record))
-            if self._stale(state, pod, now):
+            if self._stale(state, pod, now) and now - state.taken_at >= (state.read_wait or self.interval):
                 state.taken_at = now
                 first = pod not in state.fallback_pods
                 state.fallback_pods.add(pod)
@@ -94,10 +99,13 @@ class ProgressStore:
 
     def from_log(self, run: Hashable, pod: str, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """A record the fallback read from the log, with its eta."""
-        if record is None:
-            return None
         with self._lock:
-            return self._with_eta(self._runs.setdefault(run, _Run()), pod, record)
+            state = self._runs.setdefault(run, _Run())
+            if record is None:
+                state.read_wait = min(MAX_EMPTY_READ_WAIT_S, 2 * (state.read_wait or self.interval))
+                return None
+            state.read_wait = None
+            return self._with_eta(state, pod, record)
 
     def next_in(self, run: Hashable, pod: str) -> float | None:
         """Seconds until this run's pass has progress to take (a pending record once the write interval
@@ -111,7 +119,8 @@ class ProgressStore:
             if state.pending is not None and state.pushed_pod == pod:
                 return max(0.0, opens)
             last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
-            return max(0.0, opens, last + self.stale_after - now)
+            reads = state.taken_at + (state.read_wait or self.interval) - now
+            return max(0.0, reads, last + self.stale_after - now)
 
     def forget(self, run: Hashable) -> None:
         with self._lock:
