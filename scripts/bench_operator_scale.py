@@ -1,34 +1,43 @@
 #!/usr/bin/env python
-"""Operator latency and scale on the embedded cluster, with no-op stub stages.
+"""Operator latency and scale on the embedded cluster, with stub stages, kube's own Job controller side by side.
 
-Two measurements, in this order, against one operator:
+Four measurements, in this order, against one operator:
 
 1. Stage hop (--hop-runs N, one run at a time): how long the operator takes from a stage Job's completion to the
    next stage's Job (prepare -> train, train -> benchmark), p50/p99 over the 2 N hops, plus create -> prepare Job.
    Times are the client's own watch clock (the moment the Job watch delivered the Job's Complete condition, and
    the moment it delivered the next Job's ADDED): creationTimestamps and condition times have one second
    resolution, far too coarse for a hop that should take well under a second.
-2. Burst (--count N): create N QuranFineTunes as fast as possible and print how long each took from its
-   creationTimestamp to its training Job's creationTimestamp (p50/p99/max), the wall time, and the operator's
-   peak RSS (VmHWM).
+2. Job controller (--count N, unless --no-jobcontroller): N plain Jobs created the same way in a namespace of
+   their own, Job creationTimestamp -> its Pod's creationTimestamp (p50/p99): what kube's own controller does at
+   the same burst on the same API server. The pods ask for a node label no node has, so they stay Pending and
+   cost the machine nothing; the namespace is deleted before the next part.
+3. Burst (--count N): N QuranFineTunes created as fast as possible; creationTimestamp -> first Job's (its prepare
+   Job: each run has its own data spec) and -> training Job's creationTimestamp (p50/p99/max), the wall time.
+4. Idle training (--idle-seconds S, after the burst): the N runs sit in a long training stage (a shell-loop stub
+   that prints a progress line every --progress-seconds, cheap enough for 1,000 pods); once every training pod
+   runs and a --idle-warmup passed, S seconds of: the operator's RSS and CPU (s per minute), and the API requests
+   the operator made per minute per run, from the API server's own metrics: a FlowSchema (APF) matching the
+   operator's ServiceAccount counts them in apiserver_flowcontrol_dispatched_requests_total (every request, watches
+   included), next to the pod-log reads (apiserver_request_total, subresource log: how progress reached the
+   operator) and status writes per minute per run.
 
-    python scripts/bench_operator_scale.py --hop-runs 10 --count 200 --seed 1
+    python scripts/bench_operator_scale.py --hop-runs 10 --count 1000 --namespaces 10 --json
     python scripts/bench_operator_scale.py --hop-runs 10 --count 0 --json    # the hop alone, JSON last line
 
-The burst's runs are spread over --namespaces namespaces (<prefix>-<random>-<i>), each with one PVC "ws" that all
-of its runs share with the same data spec: the first run's prepare stage (a 0 s stub) fills the data cache and its
-siblings reuse it, so the figure is create -> (one shared prepare) -> train Job. The hop runs have a namespace of
-their own and each its own data spec, so each really prepares. The client-side times (create call returned ->
-the Job watch saw ADDED) are printed too. Uses the running embedded cluster (`quranft cluster up`, or
-$QURANFT_CLUSTER_DIR) or starts one; deletes its namespaces at the end. With --json the last line is one JSON
-object of FIGURES (hop_p50_s, hop_p99_s, ..., burst_runs, burst_p99_s, rss_mib; null for a part not run).
+The burst's runs are spread over --namespaces namespaces (<prefix>-<random>-<i>), each with one PVC "ws" that its
+runs share. The hop runs have a namespace of their own. The embedded cluster needs room for N training pods (110
+pods per node): start it with e.g. QURANFT_NODES=12 QURANFT_NODE_CPU=64 QURANFT_NODE_MEMORY=256Gi for N = 1,000.
+Uses the running embedded cluster (`quranft cluster up`, or $QURANFT_CLUSTER_DIR) or starts one; deletes its
+namespaces at the end. With --json the last line is one JSON object of FIGURES (hop_p50_s, burst_runs,
+burst_p99_s, jobcontroller_p99_s, rss_mib, api_requests_per_min_per_run, ...; null for a part not run).
 
 The CI gate (tests/operator/test_perf_gate.py) runs the configuration recorded in tests/operator/perf_thresholds.json
 and fails when a GATED figure exceeds its threshold (mean of the recorded runs x 1.2). Re-record after a deliberate
 change, on the machine CI runs on:
 
-    python scripts/bench_operator_scale.py --hop-runs 5 --count 20 --namespaces 2 --repeat 3 \
-        --record-thresholds tests/operator/perf_thresholds.json
+    python scripts/bench_operator_scale.py --hop-runs 5 --count 20 --namespaces 2 --idle-seconds 30 \
+        --no-jobcontroller --repeat 3 --record-thresholds tests/operator/perf_thresholds.json
 """
 from __future__ import annotations
 
@@ -130,20 +139,26 @@ class JobWatch:
         from kubernetes import client, watch
 
         batch = client.BatchV1Api(self.api)
-        while not self._stop.is_set():
+        version = None  # resume the watch where it ended; list again only after an error (a list of 2,000 Jobs
+        while not self._stop.is_set():  # every few seconds would load the API server and this client)
             try:
-                listed = batch.list_job_for_all_namespaces(label_selector=self.run_label)
-                for job in listed.items:
-                    self._record(job, time.time())
+                if version is None:
+                    listed = batch.list_job_for_all_namespaces(label_selector=self.run_label)
+                    for job in listed.items:
+                        self._record(job, time.time())
+                    version = listed.metadata.resource_version
                 stream = watch.Watch().stream(batch.list_job_for_all_namespaces, label_selector=self.run_label,
-                                              resource_version=listed.metadata.resource_version,
-                                              timeout_seconds=5)
+                                              resource_version=version, timeout_seconds=5)
                 for event in stream:
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch error: {event['raw_object']}")
+                    version = event["object"].metadata.resource_version
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self._record(event["object"], time.time())
                     if self._stop.is_set():
                         break
             except Exception:  # noqa: BLE001  a broken watch (e.g. 410 Gone) is restarted from a fresh list
+                version = None
                 time.sleep(0.2)
 
 
@@ -156,13 +171,193 @@ def reconcile_totals(port: int) -> tuple[float, float]:
     return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
-def status_writes(cluster) -> float:
-    """QuranFineTune status writes the API server has served so far (apiserver_request_total, all codes): while
-    the hop runs go, only the operator writes them."""
+# --- the API server's own count of the operator's requests --------------------------------------------------
+# apiserver_request_total has no user label; API Priority and Fairness counts requests by FlowSchema, so a schema
+# that matches only the operator's ServiceAccount (at the priority level the default "service-accounts" schema
+# gives it, workload-low: nothing about its scheduling changes) counts exactly the operator's requests.
+FLOW_SCHEMA = "quranft-bench-operator"
+
+
+def install_flow_schema(cluster) -> None:
+    from quranft.operator import access
+
+    schema = {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema", "metadata": {"name": FLOW_SCHEMA},
+        "spec": {"priorityLevelConfiguration": {"name": "workload-low"}, "matchingPrecedence": 800,
+                 "distinguisherMethod": {"type": "ByUser"},
+                 "rules": [{"subjects": [{"kind": "ServiceAccount", "serviceAccount": {
+                     "name": access.SA_NAME, "namespace": access.SA_NAMESPACE}}],
+                     "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                        "clusterScope": True, "namespaces": ["*"]}],
+                     "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}]}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(schema, f)
+    cluster.kubectl("apply", "-f", f.name)
+    os.unlink(f.name)
+
+
+def apiserver_counts(cluster) -> dict[str, float]:
+    """Counters of the API server so far: the operator's requests (its FlowSchema), QuranFineTune status writes
+    (PATCH .../status, all codes) and pod-log reads (GET pods/log: the operator reads progress from logs)."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    return sum(float(value) for labels, value in re.findall(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.M)
-               if 'resource="quranfinetunes"' in labels and 'subresource="status"' in labels
-               and 'verb="PATCH"' in labels)
+    out = {"operator_requests": 0.0, "status_writes": 0.0, "log_reads": 0.0}
+    for name, labels, value in re.findall(r"^(\w+)\{([^}]*)\} (\S+)$", text, re.M):
+        if name == "apiserver_flowcontrol_dispatched_requests_total" and f'flow_schema="{FLOW_SCHEMA}"' in labels:
+            out["operator_requests"] += float(value)
+        elif name == "apiserver_request_total":
+            if 'resource="quranfinetunes"' in labels and 'subresource="status"' in labels and 'verb="PATCH"' in labels:
+                out["status_writes"] += float(value)
+            elif 'resource="pods"' in labels and 'subresource="log"' in labels:
+                out["log_reads"] += float(value)
+    return out
+
+
+def status_writes(cluster) -> float:
+    return apiserver_counts(cluster)["status_writes"]
+
+
+# --- stubs cheap enough for a thousand pods: one shell each, no Python ---------------------------------------
+
+def shell_stub_commands(progress_seconds: float) -> dict[str, list[str]]:
+    """prepare: writes its termination summary and exits; train: every `progress_seconds` until it is stopped (a
+    long training stage) prints a progress line and, when the operator gave it an endpoint, POSTs the same record
+    there as the trainer does (trainer/progress_push.py: the env it reads, the projected token read fresh, TLS
+    against the CA handed over), with curl; benchmark is never reached while the runs train."""
+    from clusterkit import stub_commands
+
+    from quranft.contract.progress import PROGRESS_PREFIX
+    from quranft.contract.workspace import data_dir
+    from quranft.trainer import progress_push as push
+
+    prepare = json.dumps({"ok": True, "stage": "prepare", "dataSpecHash": "stub", "dataDir": str(data_dir("stub")),
+                          "reused": False, "stats": {"train": 8, "val": 2}})
+    train = f"""QP='{PROGRESS_PREFIX}'; CA="${{{push.CA_FILE_ENV}:-/tmp/progress-ca.pem}}"
+[ -n "${push.CA_ENV}" ] && printf '%s' "${push.CA_ENV}" > "$CA"
+i=0; while :; do i=$((i+1))
+doc=$(printf '{{"step":%d,"maxSteps":1000000,"epoch":0,"loss":0.5,"updatedAt":"%s"}}' "$i" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+printf '%s%s\\n' "$QP" "$doc"
+[ -n "${push.URL_ENV}" ] && curl -sS -o /dev/null --max-time {push.TIMEOUT_S:g} --cacert "$CA" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $(cat "${push.TOKEN_FILE_ENV}")" -d "$doc" "${push.URL_ENV}"
+sleep {progress_seconds:g}; done"""
+    return {"prepare": ["sh", "-c", 'printf %s "$0" > /dev/termination-log', prepare],
+            "train": ["sh", "-c", train],
+            "benchmark": stub_commands(bench_seconds=0)["benchmark"]}
+
+
+# --- kube's own Job controller at the same burst ---------------------------------------------------------------
+
+def jobcontroller_burst(cluster, namespace: str, count: int, timeout: float, log) -> list[float]:
+    """Create `count` Jobs in `namespace` one after another, as the burst creates runs; seconds from each Job's
+    creationTimestamp to its Pod's (the Job controller's reaction). The pods select a node label nobody has."""
+    from kubernetes import client
+
+    from quranft.cluster import controlplane
+
+    api = cluster.api_client()
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    try:
+        controlplane.create_ready_namespace(core, namespace)
+        pod = {"restartPolicy": "Never", "nodeSelector": {"quranft.io/bench": "nowhere"},
+               "containers": [{"name": "c", "image": "ghcr.io/quran-finetune/stub-stage:test", "command": ["true"],
+                               "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
+        t0 = time.time()
+        created = in_parallel([{"metadata": {"name": f"jc-{i:04d}"},
+                                "spec": {"backoffLimit": 0, "template": {"spec": pod}}} for i in range(count)],
+                              lambda body: batch.create_namespaced_job(namespace, body))
+        jobs = {job.metadata.name: ts(job.metadata.creation_timestamp) for job in created}
+        log(f"  job controller: {count} Jobs created in {time.time() - t0:.1f} s; waiting for their pods")
+        deadline, pods = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            listed = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
+            pods = {p["metadata"]["labels"].get("job-name"): ts(p["metadata"]["creationTimestamp"]) for p in listed}
+            if len(set(pods) & set(jobs)) >= count:
+                break
+            time.sleep(1)
+        return [pods[name] - created for name, created in jobs.items() if name in pods]
+    finally:
+        core.delete_namespace(namespace, propagation_policy="Background")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # its pods and Jobs go before the operator's burst begins
+            try:
+                core.read_namespace(namespace)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    break
+            time.sleep(1)
+        api.close()
+
+
+def progress_pushes(port: int) -> float:
+    """Progress pushes the operator's endpoint accepted so far (quranft_progress_pushes_total, code 2xx)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(v) for code, v in re.findall(r'^quranft_progress_pushes_total\{code="(\d+)"\} (\S+)$', text, re.M)
+               if code.startswith("2"))
+
+
+CREATE_WORKERS = 8  # both bursts create with this many concurrent clients (one client would pace the burst)
+
+
+def in_parallel(items: list, create, workers: int = CREATE_WORKERS) -> list:
+    """create(item) for every item from `workers` threads, results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(create, items))
+
+
+def running_train_pods(core, namespaces: list[str]) -> int:
+    from clusterkit import LABEL_STAGE
+
+    return sum(len(json.loads(core.list_namespaced_pod(
+        ns, label_selector=f"{LABEL_STAGE}=train", field_selector="status.phase=Running",
+        _preload_content=False).data)["items"]) for ns in namespaces)
+
+
+def runs_with_progress(custom, namespaces: list[str]) -> int:
+    from clusterkit import GROUP, PLURAL, VERSION
+
+    return sum(1 for ns in namespaces
+               for item in json.loads(custom.list_namespaced_custom_object(
+                   GROUP, VERSION, ns, PLURAL, _preload_content=False).data)["items"]
+               if ((item.get("status") or {}).get("progress") or {}).get("step"))
+
+
+def idle_training(args, cluster, core, custom, names: list[str], pid: int, proc, metrics_port: int, log) -> dict:
+    """Once all N training pods run (and a warm-up passed): the operator's cost of N runs that only train."""
+    deadline = time.monotonic() + args.timeout
+    running = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"operator exited with {proc.returncode}")
+        running = running_train_pods(core, names)
+        log(f"  {running}/{args.count} training pods running, operator RSS "
+            f"{proc_status_kib(pid, 'VmRSS') / 1024:.0f} MiB")
+        if running >= args.count:
+            break
+        time.sleep(5)
+    time.sleep(args.idle_warmup)
+    log(f"idle training: {running} runs, measuring {args.idle_seconds:g} s")
+    before, cpu0, t0 = apiserver_counts(cluster), cpu_seconds(pid), time.monotonic()
+    before["pushes"] = progress_pushes(metrics_port)
+    rss = []
+    while time.monotonic() - t0 < args.idle_seconds:
+        rss.append(proc_status_kib(pid, "VmRSS") / 1024)
+        time.sleep(min(5.0, max(0.1, args.idle_seconds - (time.monotonic() - t0))))
+    after, cpu1, minutes = apiserver_counts(cluster), cpu_seconds(pid), (time.monotonic() - t0) / 60
+    after["pushes"] = progress_pushes(metrics_port)
+    rss.append(proc_status_kib(pid, "VmRSS") / 1024)
+    per_run_min = lambda key: round((after[key] - before[key]) / minutes / max(running, 1), 3)  # noqa: E731
+    return {"idle_runs": running, "idle_minutes": round(minutes, 2), "idle_rss_mib": round(max(rss), 1),
+            "idle_cpu_s_per_min": round((cpu1 - cpu0) / minutes, 2),
+            "api_requests_per_min_per_run": per_run_min("operator_requests"),
+            "log_reads_per_min_per_run": per_run_min("log_reads"),
+            "status_writes_per_min_per_run": per_run_min("status_writes"),
+            "pushes_per_min_per_run": per_run_min("pushes"),
+            # what an idle run costs besides its status.progress writes (watches, reads, other writes)
+            "other_requests_per_min_per_run": round(per_run_min("operator_requests") - per_run_min("status_writes"), 3),
+            "idle_runs_with_progress": runs_with_progress(custom, names)}
 
 
 def stage_hops(watcher: JobWatch, keys: list[tuple[str, str]]) -> list[float]:
@@ -185,6 +380,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for all training Jobs")
     p.add_argument("--hop-timeout", type=float, default=120, help="seconds one hop run may take to succeed")
     p.add_argument("--sample-seconds", type=float, default=1.0, help="operator RSS sampling period")
+    p.add_argument("--no-jobcontroller", dest="jobcontroller", action="store_false",
+                   help="skip kube's Job controller at the same burst")
+    p.add_argument("--idle-seconds", type=float, default=60,
+                   help="after the burst, measure the runs idling in training this long (0: skip)")
+    p.add_argument("--idle-warmup", type=float, default=15, help="seconds after all training pods run, first")
+    p.add_argument("--progress-seconds", type=float, default=10, help="the stub trainer's progress line period")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.add_argument("--repeat", type=int, default=1, help="measure this many times (fresh namespaces each)")
     p.add_argument("--record-thresholds", type=Path, metavar="FILE",
@@ -200,7 +401,13 @@ def gate_args(recorded: dict) -> argparse.Namespace:
     """The arguments of the configuration a thresholds file was recorded with."""
     c = recorded["config"]
     return parse(["--hop-runs", str(c["hop_runs"]), "--count", str(c["count"]), "--namespaces", str(c["namespaces"]),
-                  "--seed", str(c["seed"])])
+                  "--seed", str(c["seed"]), "--idle-seconds", str(c.get("idle_seconds", 0)),
+                  *([] if c.get("jobcontroller") else ["--no-jobcontroller"])])
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    return {"hop_runs": args.hop_runs, "count": args.count, "namespaces": args.namespaces, "seed": args.seed,
+            "idle_seconds": args.idle_seconds, "jobcontroller": args.jobcontroller}
 
 
 def main(argv: list[str]) -> int:
@@ -209,14 +416,14 @@ def main(argv: list[str]) -> int:
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, figures to stdout
     with script_cluster(log=log) as cluster:
+        install_flow_schema(cluster)
         runs = []
         for _ in range(args.repeat):
             runs.append(run(args, cluster, log))
             report(args, runs[-1])
     rc = 0 if all(r["ok"] for r in runs) else 1
     if args.record_thresholds:
-        config = {"hop_runs": args.hop_runs, "count": args.count, "namespaces": args.namespaces, "seed": args.seed}
-        args.record_thresholds.write_text(json.dumps(thresholds(config, runs), indent=2) + "\n")
+        args.record_thresholds.write_text(json.dumps(thresholds(config_of(args), runs), indent=2) + "\n")
         print(f"thresholds from {len(runs)} runs written to {args.record_thresholds}")
     if args.check_thresholds:
         problems = regressions(runs[-1], json.loads(args.check_thresholds.read_text()))
@@ -254,7 +461,7 @@ def hop_runs(args, hop_env, watcher: JobWatch, log) -> tuple[list[float], list[f
 
 def run(args, cluster, log) -> dict:
     """One measurement on fresh namespaces; returns its figures (FIGURES, plus the details report() prints)."""
-    from clusterkit import Env, release_runs, resource, stub_commands
+    from clusterkit import Env, release_runs, resource
     from kubernetes import client
 
     from quranft.cluster import controlplane
@@ -266,7 +473,7 @@ def run(args, cluster, log) -> dict:
     hop_ns = f"{args.namespace_prefix}-{tag}-hop" if args.hop_runs else None
     workdir = Path(tempfile.mkdtemp(prefix="quranft-bench-scale-"))
     envs: list[Env] = []
-    commands = stub_commands(prepare_seconds=0, train_seconds=0, bench_seconds=0)
+    commands = shell_stub_commands(args.progress_seconds)  # the burst's runs train until they are deleted
     rng = random.Random(args.seed)
     placement = [rng.randrange(args.namespaces) for _ in range(args.count)]
     watcher = JobWatch(api, set(names) | ({hop_ns} if hop_ns else set()))
@@ -278,6 +485,8 @@ def run(args, cluster, log) -> dict:
     hop_passes = burst_passes = (0.0, 0.0)  # (reconcile passes, seconds in them)
     hop_cpu = burst_cpu = 0.0  # operator CPU seconds (user + system)
     hop_writes = 0.0  # QuranFineTune status writes during the hop runs
+    jobcontroller: list[float] = []  # kube's Job controller: Job -> Pod, same burst
+    idle: dict = {}
     create_seconds = wall = 0.0
     rss_start = peak_kib = 0.0
     try:
@@ -303,13 +512,22 @@ def run(args, cluster, log) -> dict:
             hop_cpu = cpu_seconds(pid) - cpu_start
             hop_writes = status_writes(cluster) - writes_start
         burst_envs = envs[1:] if hop_ns else envs
+        if args.count and args.jobcontroller:
+            log(f"kube's Job controller: {args.count} Jobs in {args.namespace_prefix}-{tag}-jobs")
+            jobcontroller = jobcontroller_burst(cluster, f"{args.namespace_prefix}-{tag}-jobs", args.count,
+                                                args.timeout, log)
         if args.count:
             log(f"creating {args.count} runs in {args.namespaces} namespaces ({names[0]} ...)")
             t0, cpu_start = time.time(), cpu_seconds(pid)
-            for i, slot in enumerate(placement):
+            def create(item: tuple[int, int]) -> tuple[str, dict, float]:
+                i, slot = item
                 env = burst_envs[slot]
-                obj = env.create(resource(f"run-{i:04d}", commands=commands))
-                created[(env.ns, obj["metadata"]["name"])] = (ts(obj["metadata"]["creationTimestamp"]), time.time())
+                # Its own data spec: its first Job is its prepare Job (no wait on a sibling's data).
+                obj = env.create(resource(f"run-{i:04d}", commands=commands, resources=BURST_RESOURCES,
+                                          data={"source": "local", "localPath": f"/workspace/synth-{i}"}))
+                return env.ns, obj, time.time()
+            for ns, obj, returned in in_parallel(list(enumerate(placement)), create):
+                created[(ns, obj["metadata"]["name"])] = (ts(obj["metadata"]["creationTimestamp"]), returned)
             create_seconds = time.time() - t0
             log(f"created in {create_seconds:.1f} s; waiting for training Jobs")
             deadline = time.monotonic() + args.timeout
@@ -329,6 +547,9 @@ def run(args, cluster, log) -> dict:
             total = reconcile_totals(operator_env.metrics_port)
             burst_cpu = cpu_seconds(pid) - cpu_start
             burst_passes = (total[0] - hop_passes[0], total[1] - hop_passes[1])
+            if args.idle_seconds:
+                idle = idle_training(args, cluster, core, custom, names, pid, operator_env.proc,
+                                     operator_env.metrics_port, log)
         peak_kib = proc_status_kib(pid, "VmHWM")
     finally:
         watcher.stop()
@@ -338,6 +559,8 @@ def run(args, cluster, log) -> dict:
 
     train_created, train_seen = watcher.by_stage(watcher.created, "train"), watcher.by_stage(watcher.seen, "train")
     server = [train_created[k] - created[k][0] for k in created if k in train_created]
+    first_created = watcher.by_stage(watcher.created, "prepare")
+    first = [first_created[k] - created[k][0] for k in created if k in first_created]
     per_hop_run = 1 / max(args.hop_runs, 1)
 
     def stat(values: list[float], q: float) -> float | None:
@@ -349,11 +572,18 @@ def run(args, cluster, log) -> dict:
         "hop_passes_per_run": round(hop_passes[0] * per_hop_run, 1) if hop_ns else None,
         "hop_status_writes_per_run": round(hop_writes * per_hop_run, 1) if hop_ns else None,
         "hop_cpu_s_per_run": round(hop_cpu * per_hop_run, 3) if hop_ns else None,
-        "burst_runs": args.count or None, "burst_p50_s": stat(server, 50), "burst_p99_s": stat(server, 99),
+        "burst_runs": args.count or None, "burst_p50_s": stat(first, 50), "burst_p99_s": stat(first, 99),
+        "burst_train_p50_s": stat(server, 50), "burst_train_p99_s": stat(server, 99),
+        "jobcontroller_p50_s": stat(jobcontroller, 50), "jobcontroller_p99_s": stat(jobcontroller, 99),
         "burst_passes_per_run": round(burst_passes[0] / args.count, 1) if args.count else None,
         "rss_mib": round(peak_kib / 1024, 1) if peak_kib else None,
+        **{k: idle.get(k) for k in IDLE_FIGURES},
+        "progress_mechanism": progress_mechanism(idle),
         # details
-        "ok": len(hops) == 2 * args.hop_runs and len(server) == args.count,
+        "ok": (len(hops) == 2 * args.hop_runs and len(server) == args.count and len(first) == args.count
+               and len(jobcontroller) == (args.count if args.jobcontroller else 0)
+               and (not args.idle_seconds or not args.count or idle.get("idle_runs") == args.count)),
+        "first": first, "jobcontroller": jobcontroller,
         "hops": hops, "creates": creates, "server": server,
         "client_side": [train_seen[k] - created[k][1] for k in created if k in train_seen],
         "hop_passes": hop_passes, "hop_cpu": hop_cpu, "burst_passes": burst_passes, "burst_cpu": burst_cpu,
@@ -362,13 +592,29 @@ def run(args, cluster, log) -> dict:
     }
 
 
+IDLE_FIGURES = ("idle_runs", "idle_minutes", "idle_rss_mib", "idle_cpu_s_per_min", "api_requests_per_min_per_run",
+                "log_reads_per_min_per_run", "status_writes_per_min_per_run", "pushes_per_min_per_run",
+                "other_requests_per_min_per_run",
+                "idle_runs_with_progress")
 FIGURES = ("hop_p50_s", "hop_p99_s", "hop_count", "create_to_first_job_p50_s", "hop_passes_per_run",
            "hop_status_writes_per_run", "hop_cpu_s_per_run", "burst_runs", "burst_p50_s", "burst_p99_s",
-           "burst_passes_per_run", "rss_mib")
+           "burst_train_p50_s", "burst_train_p99_s", "jobcontroller_p50_s", "jobcontroller_p99_s",
+           "burst_passes_per_run", "rss_mib", *IDLE_FIGURES, "progress_mechanism")
+def progress_mechanism(idle: dict) -> str | None:
+    """How progress reached the operator while the runs idled, from what was counted."""
+    if not idle:
+        return None
+    ways = [way for way, key in (("pushed", "pushes_per_min_per_run"), ("pod-log reads", "log_reads_per_min_per_run"))
+            if idle[key] > 0]
+    return " + ".join(ways) or "none"
+
+
+BURST_RESOURCES = {"gpus": 0, "cpu": "10m", "memory": "64Mi"}  # a shell loop; 1,000 of them fit the nodes
 
 
 def report(args, f: dict) -> None:
-    print(f"bench_operator_scale: stub stages (0 s each), seed {args.seed}")
+    print(f"bench_operator_scale: stub stages (hop: 0 s each; burst: shell stubs, training until deleted), "
+          f"seed {args.seed}")
     if args.hop_runs:
         print(f"  stage hop, {args.hop_runs} runs one at a time: {len(f['hops'])}/{2 * args.hop_runs} hops measured")
         if f["hops"]:
@@ -382,6 +628,12 @@ def report(args, f: dict) -> None:
     if args.count:
         print(f"  burst: {args.count} QuranFineTunes in {args.namespaces} namespaces, created in "
               f"{f['create_seconds']:.1f} s ({args.count / max(f['create_seconds'], 1e-9):.1f}/s)")
+        if f["jobcontroller"]:
+            print("  " + summary(f"kube's Job controller, {len(f['jobcontroller'])} Jobs: Job -> Pod "
+                                 "(creationTimestamps)", f["jobcontroller"]))
+        print(f"  first (prepare) Jobs created: {len(f['first'])}/{args.count}")
+        if f["first"]:
+            print("  " + summary("create -> first Job (creationTimestamps, 1 s resolution)", f["first"]))
         print(f"  training Jobs created: {len(f['server'])}/{args.count}")
         if f["server"]:
             print("  " + summary("create -> train Job (creationTimestamps, 1 s resolution)", f["server"]))
@@ -390,6 +642,14 @@ def report(args, f: dict) -> None:
         passes, seconds = f["burst_passes"]
         print(f"  reconcile passes until then: {passes:.0f} ({f['burst_passes_per_run']} per run), {seconds:.2f} s "
               f"in them; operator CPU {f['burst_cpu']:.1f} s")
+    if f["idle_runs"] is not None:
+        print(f"  idle training, {f['idle_runs']} runs for {f['idle_minutes']} min: operator RSS up to "
+              f"{f['idle_rss_mib']} MiB, CPU {f['idle_cpu_s_per_min']} s/min; per run per minute: "
+              f"{f['api_requests_per_min_per_run']} API requests (APF FlowSchema {FLOW_SCHEMA}), "
+              f"{f['pushes_per_min_per_run']} progress pushes, {f['log_reads_per_min_per_run']} pod-log reads, "
+              f"{f['status_writes_per_min_per_run']} status writes ({f['other_requests_per_min_per_run']} requests "
+              "besides them); "
+              f"{f['idle_runs_with_progress']} runs show progress; progress by {f['progress_mechanism']}")
     print(f"  operator RSS: {f['rss_start']:.1f} MiB at the start, peak (VmHWM) {f['rss_mib']} MiB")
     print(f"  operator log: {f['log']}")
 

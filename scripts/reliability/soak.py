@@ -4,12 +4,18 @@ by a new one); prints the operator's RSS over time and its slope after the warm-
 
     python scripts/reliability/soak.py --resources 500 --minutes 30      # the issue's size
     python scripts/reliability/soak.py --resources 20 --minutes 5        # a quick look
+    python scripts/reliability/soak.py --resources 100 --minutes 10 --trace-memory /tmp/op-mem.txt
+
+--trace-memory makes the operator trace its allocations (quranft.operator.memtrace: a baseline after
+--trace-every seconds, then what grew since, by traceback and by object type, every --trace-every seconds); it
+slows the operator, so its RSS figures are not comparable with a run without it.
 
 Uses the running embedded cluster (`quranft cluster up`) or starts one.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -118,8 +124,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sample-seconds", type=float, default=5.0)
     p.add_argument("--train-seconds", type=float, default=3.0)
     p.add_argument("--poll-seconds", type=float, default=2.0, help="how often finished runs are replaced")
+    p.add_argument("--trace-memory", type=Path, metavar="FILE", help="operator's tracemalloc dumps go to FILE")
+    p.add_argument("--trace-every", type=float, default=120.0, help="seconds between those dumps")
     args = p.parse_args(argv)
     warmup = 60 * (args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 3)
+    if args.trace_memory:  # the operator subprocess inherits the environment (clusterkit.Env.start_operator)
+        os.environ.update(QURANFT_TRACEMALLOC=str(args.trace_memory.resolve()),
+                          QURANFT_TRACEMALLOC_SECONDS=str(args.trace_every))
 
     from clusterkit import resource, scratch_env, script_cluster, stub_commands
     from kubernetes.client.exceptions import ApiException
