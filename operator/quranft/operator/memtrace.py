@@ -1,8 +1,9 @@
-"""Debug option: where does the operator's memory go? `QURANFT_TRACEMALLOC=<file>` makes the operator start
-tracemalloc (QURANFT_TRACEMALLOC_FRAMES frames, default 12) and, on SIGUSR1 or every QURANFT_TRACEMALLOC_SECONDS
-(default 0: only on the signal), append to <file> what grew since the first dump: the top allocation sites by
-traceback (tracemalloc snapshot diff) and the live objects by type (gc). The first dump is the baseline: send it
-after the warm-up. Slows the operator several times over; never for production.
+"""Debug option: where does the operator's memory go? With `QURANFT_TRACEMALLOC=<file>`, on SIGUSR1 or every
+QURANFT_TRACEMALLOC_SECONDS (default 0: only on the signal) the operator appends to <file> what grew since the
+first time: the top allocation sites by traceback (tracemalloc snapshot diff) and the live objects by type (gc).
+The first time is the baseline, and only then does tracing start (QURANFT_TRACEMALLOC_FRAMES frames, default 12):
+what is allocated after the warm-up and still alive is what grows, and the start-up (importing the kubernetes
+client under tracemalloc takes minutes) runs at full speed. Slows the operator; never for production.
 
     QURANFT_TRACEMALLOC=/tmp/op-mem.txt quranft operator ...   # then: kill -USR1 <pid>, twice or more
 """
@@ -25,8 +26,7 @@ def install_from_env(env: dict[str, str] | None = None) -> bool:
     target = env.get("QURANFT_TRACEMALLOC")
     if not target:
         return False
-    tracemalloc.start(int(env.get("QURANFT_TRACEMALLOC_FRAMES", "12")))
-    tracer = Tracer(Path(target))
+    tracer = Tracer(Path(target), int(env.get("QURANFT_TRACEMALLOC_FRAMES", "12")))
     due = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: due.set())
     interval = float(env.get("QURANFT_TRACEMALLOC_SECONDS", "0")) or None
@@ -39,8 +39,8 @@ def type_counts() -> Counter:
 
 
 class Tracer:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, frames: int = 12):
+        self.path, self.frames = path, frames
         self.baseline: tracemalloc.Snapshot | None = None
         self.baseline_types: Counter = Counter()
         self.started = time.monotonic()
@@ -52,6 +52,8 @@ class Tracer:
             self.dump()
 
     def dump(self) -> None:
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(self.frames)
         gc.collect()
         snapshot = tracemalloc.take_snapshot().filter_traces((
             tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)))
