@@ -4,6 +4,7 @@ token never leaking, and checkov on the rendered chart and the manifests."""
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import subprocess
@@ -131,6 +132,22 @@ def _rules(docs) -> set[tuple[str, str, str]]:
     return out
 
 
+def _assert_api_refuses_progress_token(penv, service_account: str) -> None:
+    """A token of the progress audience, as the kubelet mounts it, is refused by the API server (401)."""
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+        audiences=[builders.PROGRESS_AUDIENCE], expiration_seconds=600))
+    token = penv.core.create_namespaced_service_account_token(service_account, penv.ns, request).status.token
+    config = copy.copy(penv.api.configuration)
+    config.api_key = {"authorization": f"Bearer {token}"}
+    config.cert_file = config.key_file = None
+    with client.ApiClient(config) as api:
+        with pytest.raises(client.ApiException) as refused:
+            client.CoreV1Api(api).list_namespaced_pod(penv.ns)
+    assert refused.value.status == 401
+
+
 @pytest.fixture(scope="module")
 def rendered_chart(tmp_path_factory) -> Path:
     from quranft.cluster.binaries import ensure_binaries
@@ -243,9 +260,17 @@ def test_operator_run_in_a_restricted_namespace_no_warnings_no_token_leak(penv):
           f"all API warnings seen by the operator: {penv.proxy.stats.warnings or 'none'}")
     assert job_warnings == [] and failed_creates == []
     assert len(pods) == 3
-    for pod in pods:  # no service-account token in workload pods
+    for pod in pods:  # no API credential in workload pods
         assert pod.spec.automount_service_account_token is False
-        assert not [v for v in pod.spec.volumes or [] if v.projected or v.name.startswith("kube-api-access")]
+        assert not [v for v in pod.spec.volumes or [] if v.name.startswith("kube-api-access")]
+        # The one projected token is the progress push's (issue 14 item 5): bound to the pod, audience
+        # quranft-progress, which the API server does not accept, so it is no API credential.
+        for vol in [v for v in pod.spec.volumes or [] if v.projected]:
+            sources = vol.projected.sources
+            assert len(sources) == 1 and sources[0].service_account_token is not None, vol
+            assert sources[0].service_account_token.audience == builders.PROGRESS_AUDIENCE
+            assert sources[0].service_account_token.expiration_seconds <= 3600
+            _assert_api_refuses_progress_token(penv, pod.spec.service_account_name or "default")
         for c in pod.spec.containers:
             assert not [m for m in c.volume_mounts or [] if "serviceaccount" in m.mount_path]
 
