@@ -33,7 +33,7 @@ namespaces at the end. With --json the last line is one JSON object of FIGURES (
 burst_p99_s, jobcontroller_p99_s, rss_mib, api_requests_per_min_per_run, ...; null for a part not run).
 
 The CI gate (tests/operator/test_perf_gate.py) runs the configuration recorded in tests/operator/perf_thresholds.json
-and fails when a GATED figure exceeds its threshold (mean of the recorded runs x 1.2). Re-record after a deliberate
+and fails when a GATED figure exceeds its threshold (mean of the recorded runs x 1.2 + a slack per figure). Re-record after a deliberate
 change, on the machine CI runs on:
 
     python scripts/bench_operator_scale.py --hop-runs 5 --count 20 --namespaces 2 --idle-seconds 30 \
@@ -661,20 +661,23 @@ def report(args, f: dict) -> None:
 # the passes per run, which fall as load coalesces more wakes (a quiet machine runs more, cheaper, passes).
 GATED = ("hop_p50_s", "hop_p99_s", "hop_status_writes_per_run", "rss_mib")
 MARGIN = 1.2  # a threshold is the mean of the recorded runs x this
-# Latencies get this much more: a few hundred ms is the scheduling jitter of a loaded 2-core machine, far below
-# what a regression to clock-driven passes costs (seconds per hop).
-LATENCY_SLACK_S = 0.25
+# Added to a threshold: the gate runs beside the CPU-bound half of the suite. The hop p50 stayed under 0.25 s at
+# load 15-20, its p99 over 10 hops (near their max) was seen at 0.44-1.29 s there (0.04-0.07 s quiet): both far
+# below what a regression to clock-driven passes costs (hop p50 3.9 s with the 5 s timer). Under load a condition
+# change can land one pass later as its own write (5.0-5.4 writes per run quiet, 6.0-6.8 at load 15-20); a run that
+# writes on every pass writes tens.
+SLACK = {"hop_p50_s": 0.25, "hop_p99_s": 1.0, "hop_status_writes_per_run": 1.5, "rss_mib": 0.0}
 
 
 def thresholds(config: dict, runs: list[dict]) -> dict:
     """The thresholds file: the configuration, each gated figure's mean over `runs` and its threshold."""
-    out: dict = {"config": config, "margin": MARGIN, "latency_slack_s": LATENCY_SLACK_S, "metrics": {}}
+    out: dict = {"config": config, "margin": MARGIN, "slack": SLACK, "metrics": {}}
     for name in GATED:
         values = [r[name] for r in runs if r.get(name) is not None]
         if not values:
             continue
         mean = statistics.fmean(values)
-        limit = mean * MARGIN + (LATENCY_SLACK_S if name.endswith("_s") else 0.0)
+        limit = mean * MARGIN + SLACK[name]
         out["metrics"][name] = {"mean": round(mean, 3), "threshold": round(limit, 3),
                                 "runs": [round(v, 3) for v in values]}
     return out

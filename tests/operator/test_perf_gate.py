@@ -1,6 +1,6 @@
 """CI gate, in the spirit of Kueue's performance tests: a small fixed configuration of the operator benchmark
 (scripts/bench_operator_scale.py: 5 stub runs one at a time for the stage hop, then a burst of 20), compared with
-thresholds recorded from a few runs and kept in tests/operator/perf_thresholds.json (mean x 1.2, latencies plus a
+thresholds recorded from a few runs and kept in tests/operator/perf_thresholds.json (mean x 1.2 plus a per-figure
 jitter allowance). A regression, such as passes waiting for a clock again (hops of seconds), fails it; the file
 says how to re-record after a deliberate change."""
 from __future__ import annotations
