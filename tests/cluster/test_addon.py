@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from pathlib import Path
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -83,3 +84,15 @@ def test_http_status_of_a_loopback_endpoint():
         server.shutdown()
         server.server_close()
     assert http_status(f"http://127.0.0.1:{port}/readyz", timeout=1) == 0  # nothing answers
+
+
+def test_build_output_is_the_scripts_last_line_and_a_failed_build_raises(tmp_path):
+    from quranft.cluster.addon import build_output
+
+    ok = tmp_path / "ok.sh"
+    ok.write_text("echo building >&2\necho progress\necho /cache/addon/bin\n")
+    assert build_output(ok, RuntimeError) == Path("/cache/addon/bin")
+    bad = tmp_path / "bad.sh"
+    bad.write_text("exit 3\n")
+    with pytest.raises(RuntimeError, match="bad.sh failed with exit code 3"):
+        build_output(bad, RuntimeError)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,14 @@ class AddonFiles(Generic[S]):
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def build_output(script: Path, error: type[Exception]) -> Path:
+    """The path an add-on's build script built or reused: the last line it prints."""
+    out = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise error(f"{script} failed with exit code {out.returncode}")
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:

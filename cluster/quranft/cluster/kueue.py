@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from . import pki
+from . import addon, pki
 from .addon import AddonFiles, AddonState, http_status
 from .binaries import REPO_ROOT
 from .controlplane import Cluster, StateDir, free_ports, write_kubeconfig
@@ -95,13 +95,7 @@ def ensure_build() -> KueueBuild:
     """The manager binary and the release's manifests: `QURANFT_KUEUE_DIR` (a directory with bin/kueue and
     manifests/) or build.sh's output (built once per version and go.sum, then a hash of three files)."""
     override = os.environ.get("QURANFT_KUEUE_DIR")
-    if override:
-        root = Path(override)
-    else:
-        out = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True)
-        if out.returncode != 0:
-            raise KueueError(f"{BUILD_SCRIPT} failed with exit code {out.returncode}")
-        root = Path(out.stdout.strip().splitlines()[-1]).parent
+    root = Path(override) if override else addon.build_output(BUILD_SCRIPT, KueueError).parent  # it prints <root>/bin
     build = KueueBuild(root / "bin" / "kueue", root / "manifests")
     if not os.access(build.bin, os.X_OK) or not (build.manifests / "webhooks.yaml").exists():
         raise KueueError(f"{root} lacks bin/kueue or manifests/webhooks.yaml")

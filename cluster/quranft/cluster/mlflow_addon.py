@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import addon
 from .addon import AddonFiles, AddonState, http_status
 from .binaries import REPO_ROOT
 from .controlplane import StateDir, free_ports
@@ -65,13 +66,7 @@ def ensure_build(log=print) -> Path:
     """The `mlflow` executable of the server venv: `QURANFT_MLFLOW_BIN`, or scripts/mlflow_venv.sh's (built once
     per lock, then reused; the script prints the cold build time)."""
     override = os.environ.get("QURANFT_MLFLOW_BIN")
-    if override:
-        path = Path(override)
-    else:
-        out = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True)
-        if out.returncode != 0:
-            raise MlflowError(f"{BUILD_SCRIPT} failed with exit code {out.returncode}")
-        path = Path(out.stdout.strip().splitlines()[-1])
+    path = Path(override) if override else addon.build_output(BUILD_SCRIPT, MlflowError)
     if not os.access(path, os.X_OK):
         raise MlflowError(f"{path} is not an executable mlflow")
     return path
