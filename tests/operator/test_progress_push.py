@@ -139,6 +139,47 @@ def test_store_hands_the_newest_push_once_per_interval():
     assert store.take(key, "p").record is None  # taken once
 
 
+def test_a_rate_limited_store_spaces_the_writes_of_all_runs_first_come_first_served():
+    clock = Clock()
+    store = ProgressStore(interval=10, stale_after=60, clock=clock, rate=1.0)
+    runs = [("ns", f"r{i}") for i in range(3)]
+    for run in runs:
+        store.take(run, "p")
+    assert [store.push(run, "p", record(1, 0)) for run in runs] == [0, 1, 2]  # one slot a second, in push order
+    assert store.take(runs[0], "p").record is not None
+    assert store.take(runs[1], "p").record is None and store.next_in(runs[1], "p") == pytest.approx(1)
+    clock.now = 1
+    store.wake_fired(runs[1])  # the endpoint's delayed wake
+    assert store.take(runs[1], "p").record is not None and store.take(runs[2], "p").record is None
+    clock.now = 2
+    store.wake_fired(runs[2])
+    assert store.take(runs[2], "p").record is not None
+    clock.now = 30  # idle capacity does not pile up into a burst
+    assert [store.push(run, "p", record(2, 30)) for run in runs] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("runs, rate, most_behind", [(20, 10.0, 10), (100, 2.0, 50)])
+def test_a_rate_limited_store_writes_each_run_about_every_runs_over_rate_seconds(runs, rate, most_behind):
+    """Pods push every 5 s; passes take what is due. Up to rate x interval runs the interval rules; beyond, the
+    writes of all runs together stay at the rate and each run is written every runs / rate s, none starved."""
+    clock = Clock()
+    store = ProgressStore(interval=10, stale_after=60, clock=clock, rate=rate)
+    keys = [("ns", f"r{i}") for i in range(runs)]
+    taken = {key: [] for key in keys}
+    for tick in range(0, 5000):
+        clock.now = tick / 10
+        for i, key in enumerate(keys):
+            if (tick + i) % 50 == 0:
+                store.push(key, "p", record(tick, clock.now))
+            if store.next_in(key, "p") == 0 and store.take(key, "p").record is not None:
+                taken[key].append(clock.now)
+    writes = sum(map(len, taken.values()))
+    assert writes <= rate * 500 + runs  # the rate, plus each run's first write
+    gaps = [b - a for times in taken.values() for a, b in zip(times, times[1:])]
+    assert max(gaps) <= most_behind + 5  # plus the wait for the next push
+    assert min(map(len, taken.values())) >= max(map(len, taken.values())) - 2  # nobody starved
+
+
 def test_store_falls_back_to_the_log_for_a_pod_that_pushes_nothing():
     clock = Clock()
     store = ProgressStore(interval=10, stale_after=60, clock=clock)

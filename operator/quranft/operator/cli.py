@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-image", help="Default trainer image for gpus > 0.")
     p.add_argument("--cpu-image", help="Default trainer image for gpus == 0.")
     p.add_argument("--progress-interval", type=float, help="Seconds between writes of status.progress (10).")
+    p.add_argument("--progress-writes-per-second", type=float,
+                   help="status.progress writes per second, all runs together (10; 0: no limit).")
     p.add_argument("--no-progress-push", dest="progress_push", action="store_false", default=None,
                    help="Serve no progress endpoint: read each training pod's log instead.")
     p.add_argument("--progress-port", type=int, help="HTTPS port of the progress endpoint (0: a free port).")
@@ -58,7 +60,8 @@ def main(argv: list[str]) -> int:
     settings = settings_from_env(
         metrics_port=args.metrics_port, max_concurrent_trainings=args.max_concurrent_trainings,
         max_gpus_per_namespace=args.max_gpus_per_namespace, image_tag=args.image_tag, gpu_image=args.gpu_image,
-        cpu_image=args.cpu_image, progress_interval=args.progress_interval, progress_push=args.progress_push,
+        cpu_image=args.cpu_image, progress_interval=args.progress_interval,
+        progress_writes_per_second=args.progress_writes_per_second, progress_push=args.progress_push,
         progress_port=args.progress_port, progress_address=args.progress_address, progress_url=args.progress_url,
         progress_cert_file=args.progress_cert_file, progress_key_file=args.progress_key_file,
         progress_ca_file=args.progress_ca_file, progress_stale_seconds=args.progress_stale_seconds,

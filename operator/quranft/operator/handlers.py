@@ -83,7 +83,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo.metrics.serve(cfg.metrics_port)
     memo.locks = defaultdict(threading.Lock)
     # Pushed progress (progress_server.py); with the push off every running training pod's log is read.
-    memo.progress = ProgressStore(cfg.progress_interval, cfg.progress_stale_seconds if cfg.progress_push else 0.0)
+    memo.progress = ProgressStore(cfg.progress_interval, cfg.progress_stale_seconds if cfg.progress_push else 0.0,
+                                  rate=cfg.progress_writes_per_second)
     memo.executor = settings.execution.executor  # where sync handlers run; passes run there too
     memo.wakeups = Wakeups()
     memo.written_rv = {}  # (namespace, name) -> resourceVersion of our last status write (its echo wakes nobody)

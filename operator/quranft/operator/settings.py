@@ -31,6 +31,10 @@ class OperatorSettings(BaseModel):
     # status.progress is written at most once per progress_interval. A pod that pushed nothing for
     # progress_stale_seconds has its log read instead (old images, blocked egress).
     progress_interval: float = Field(10.0, gt=0, description="Seconds between writes of status.progress.")
+    # All runs together (progress_store.py): beyond rate x interval training runs each run's status.progress is
+    # written every runs / rate seconds instead, so idle training costs the API server a flat rate.
+    progress_writes_per_second: float = Field(10.0, ge=0, description="status.progress writes per second, all runs "
+                                                                       "together (0: no limit).")
     progress_push: bool = Field(True, description="Serve the progress endpoint (false: read the training logs).")
     progress_port: int = Field(0, ge=0, le=65535, description="HTTPS port of the progress endpoint (0: a free port).")
     progress_address: str = Field("127.0.0.1", description="Address the progress endpoint binds.")
