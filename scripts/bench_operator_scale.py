@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -222,10 +223,11 @@ def shell_stub_commands(progress_seconds: float) -> dict[str, list[str]]:
     """prepare: writes its termination summary and exits; train: every `progress_seconds` until it is stopped (a
     long training stage) prints a progress line and, when the operator gave it an endpoint, POSTs the same record
     there as the trainer does (trainer/progress_push.py: the env it reads, the projected token read fresh, TLS
-    against the CA handed over), with curl; benchmark is never reached while the runs train."""
+    against the CA handed over, the next push when the endpoint's PUSH_AFTER_HEADER says), with curl; benchmark
+    is never reached while the runs train."""
     from clusterkit import stub_commands
 
-    from quranft.contract.progress import PROGRESS_PREFIX
+    from quranft.contract.progress import PROGRESS_PREFIX, PUSH_AFTER_HEADER
     from quranft.contract.workspace import data_dir
     from quranft.trainer import progress_push as push
 
@@ -236,9 +238,14 @@ def shell_stub_commands(progress_seconds: float) -> dict[str, list[str]]:
 i=0; while :; do i=$((i+1))
 doc=$(printf '{{"step":%d,"maxSteps":1000000,"epoch":0,"loss":0.5,"updatedAt":"%s"}}' "$i" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")
 printf '%s%s\\n' "$QP" "$doc"
-[ -n "${push.URL_ENV}" ] && curl -sS -o /dev/null --max-time {push.TIMEOUT_S:g} --cacert "$CA" -H 'Content-Type: application/json' \
-  -H "Authorization: Bearer $(cat "${push.TOKEN_FILE_ENV}")" -d "$doc" "${push.URL_ENV}"
-sleep {progress_seconds:g}; done"""
+now=$(date +%s)
+if [ -n "${push.URL_ENV}" ] && [ "$now" -ge "${{next:-0}}" ]; then
+after=$(curl -sS -o /dev/null -D - --max-time {push.TIMEOUT_S:g} --cacert "$CA" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $(cat "${push.TOKEN_FILE_ENV}")" -d "$doc" "${push.URL_ENV}" \
+  | tr -d '\\r' | sed -n 's/^{PUSH_AFTER_HEADER}: *//Ip'); after=${{after%.*}}; next=$((now + ${{after:-0}}))
+fi
+wait=$((${{next:-0}} - $(date +%s))); [ "$wait" -ge 1 ] && [ "$wait" -lt {math.ceil(progress_seconds)} ] || wait={progress_seconds:g}
+sleep "$wait"; done"""
     return {"prepare": ["sh", "-c", 'printf %s "$0" > /dev/termination-log', prepare],
             "train": ["sh", "-c", train],
             "benchmark": stub_commands(bench_seconds=0)["benchmark"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import statistics
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -15,6 +16,7 @@ from specs import body
 
 from quranft.operator import builders, eta, progress_server as ps
 from quranft.operator.observe import PodView
+from quranft.contract.progress import PUSH_AFTER_HEADER
 from quranft.operator.progress_store import ProgressStore, progress_for_pass
 from quranft.operator.settings import OperatorSettings
 from quranft.trainer import progress_push
@@ -158,26 +160,32 @@ def test_a_rate_limited_store_spaces_the_writes_of_all_runs_first_come_first_ser
     assert [store.push(run, "p", record(2, 30)) for run in runs] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("runs, rate, most_behind", [(20, 10.0, 10), (100, 2.0, 50)])
-def test_a_rate_limited_store_writes_each_run_about_every_runs_over_rate_seconds(runs, rate, most_behind):
-    """Pods push every 5 s; passes take what is due. Up to rate x interval runs the interval rules; beyond, the
-    writes of all runs together stay at the rate and each run is written every runs / rate s, none starved."""
+@pytest.mark.parametrize("runs, rate, cycle", [(20, 10.0, 10), (100, 2.0, 50)])
+def test_a_rate_limited_store_writes_each_run_in_turn_with_a_fresh_record(runs, rate, cycle):
+    """Pods push when the endpoint asks (push_after); passes take what is due. Up to rate x interval runs the
+    interval rules; beyond, all runs together write at the rate, each every runs / rate s, none starved, each
+    record written about a second after it was pushed, about one push per write."""
     clock = Clock()
     store = ProgressStore(interval=10, stale_after=60, clock=clock, rate=rate)
     keys = [("ns", f"r{i}") for i in range(runs)]
-    taken = {key: [] for key in keys}
+    taken, ages = {key: [] for key in keys}, []
+    next_push, pushes = {key: i / 10 for i, key in enumerate(keys)}, 0
     for tick in range(0, 5000):
         clock.now = tick / 10
-        for i, key in enumerate(keys):
-            if (tick + i) % 50 == 0:
+        for key in keys:
+            if clock.now >= next_push[key]:
                 store.push(key, "p", record(tick, clock.now))
-            if store.next_in(key, "p") == 0 and store.take(key, "p").record is not None:
+                next_push[key], pushes = clock.now + store.push_after(key), pushes + 1
+            if store.next_in(key, "p") == 0 and (got := store.take(key, "p").record) is not None:
                 taken[key].append(clock.now)
+                ages.append(clock.now - got["step"] / 10)
     writes = sum(map(len, taken.values()))
     assert writes <= rate * 500 + runs  # the rate, plus each run's first write
     gaps = [b - a for times in taken.values() for a, b in zip(times, times[1:])]
-    assert max(gaps) <= most_behind + 5  # plus the wait for the next push
-    assert min(map(len, taken.values())) >= max(map(len, taken.values())) - 2  # nobody starved
+    assert max(gaps) <= cycle + 1 and statistics.median(gaps) == pytest.approx(cycle, abs=1)
+    assert min(map(len, taken.values())) >= max(map(len, taken.values())) - 2  # in turn (the first round fills the ring)
+    assert statistics.median(ages) <= 1.5  # pushed just before its slot
+    assert pushes <= 1.2 * writes + runs  # about one push per write
 
 
 def test_store_falls_back_to_the_log_for_a_pod_that_pushes_nothing():
@@ -340,6 +348,7 @@ def test_endpoint_accepts_the_training_pod_and_refuses_everyone_else(tmp_path):
             pusher.submit(record(2, 1))
             assert pusher.flush(10) and pusher.sent == 2, logs
             assert connection is not None and pusher._send._conn is connection  # one TLS handshake, kept alive
+            assert pusher.asked_wait == 9.0  # a second before the next write (interval 10): its record is fresh
             codes = {"absent": post(None, b"{}"), "forged": post("forged", json.dumps(record(1, 0)).encode()),
                      "rank1": post("rank1", json.dumps(record(1, 0)).encode()),
                      "unbound": post("unbound", json.dumps(record(1, 0)).encode()),
@@ -370,6 +379,10 @@ def test_kept_alive_replaces_a_connection_the_server_closed_and_retries_once(tmp
         def read(self):
             return b""
 
+        def getheader(self, name, default=None):
+            assert name == PUSH_AFTER_HEADER
+            return advice[0]
+
     class Connection:
         def __init__(self, host, port, context=None, timeout=None):
             self.uses, self.closed = 0, False
@@ -391,6 +404,33 @@ def test_kept_alive_replaces_a_connection_the_server_closed_and_retries_once(tmp
     token = tmp_path / "token"
     token.write_text("tok\n")
     send = progress_push.KeptAlive()
+    advice = [None]
     for step in range(3):
-        send("https://op:8443/v1/progress", str(token), None, {"step": step}, 1.0)
+        assert send("https://op:8443/v1/progress", str(token), None, {"step": step}, 1.0) is None
     assert len(made) == 2 and made[0].closed and made[1].uses == 2  # one reconnect, no push lost
+    advice[0] = "10.0"  # the next push is due before the endpoint's keep-alive runs out: keep the connection
+    assert send("https://op:8443/v1/progress", str(token), None, {"step": 3}, 1.0) == 10 and not made[1].closed
+    advice[0] = "95.5"  # queued behind the write rate limit: no idle connection held meanwhile
+    assert send("https://op:8443/v1/progress", str(token), None, {"step": 4}, 1.0) == 95.5 and made[1].closed
+    send("https://op:8443/v1/progress", str(token), None, {"step": 5}, 1.0)
+    assert len(made) == 3
+
+
+def test_the_client_waits_as_long_as_the_endpoint_asks_unless_flushed():
+    sent = []
+
+    def send(url, token_file, context, doc, timeout):
+        sent.append((doc["step"], time.monotonic()))
+        return 30.0
+
+    pusher = progress_push.ProgressPusher("https://x/v1/progress", "/nonexistent", None, send=send)
+    pusher.submit({"step": 1})
+    time.sleep(0.2)
+    for step in range(2, 5):
+        pusher.submit({"step": step})
+    time.sleep(0.3)
+    assert [step for step, _ in sent] == [1]  # asked to wait 30 s: the newer records replace each other
+    started = time.monotonic()
+    assert pusher.flush(5) and time.monotonic() - started < 2
+    assert [step for step, _ in sent] == [1, 4]  # the end of training: the newest goes at once
+    pusher.close()

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import ValidationError
 
-from quranft.contract.progress import ProgressRecord
+from quranft.contract.progress import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S, ProgressRecord
 
 from .progress_store import ProgressStore
 from .progress_tls import server_tls
@@ -177,7 +177,7 @@ class ProgressEndpoint:
         if record is None:
             return web.Response(status=400, text="the body must be a progress record (quranft.contract.progress)\n")
         self._push((identity.namespace, run), identity.pod, doc)
-        return web.Response(status=204)
+        return web.Response(status=204, headers={PUSH_AFTER_HEADER: f"{self.store.push_after((identity.namespace, run)):.1f}"})
 
     def _push(self, key: Hashable, pod: str, doc: Mapping[str, Any]) -> None:
         delay = self.store.push(key, pod, doc)
@@ -225,7 +225,7 @@ async def serve(cfg: OperatorSettings, endpoint: ProgressEndpoint) -> Served:
     https://127.0.0.1:<bound port> (the embedded cluster's pods share the host's loopback)."""
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post(PATH, endpoint.handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=PUSH_KEEPALIVE_S)
     await runner.setup()
     hosts = ["127.0.0.1", "localhost", *filter(None, [urlsplit(cfg.progress_url).hostname])]
     tls = server_tls(cfg.progress_cert_file, cfg.progress_key_file, cfg.progress_ca_file, hosts)

@@ -10,11 +10,12 @@ counts each read (metrics.progress_log_reads). A read that finds no progress lin
 and loading its model: the real one took 90 s on a loaded 2-core box) doubles the wait before the next one, up
 to MAX_EMPTY_READ_WAIT_S; a line found resets it.
 
-All runs together write status.progress at most `rate` times a second (0: no limit): a run whose record is due
-gets the next free write slot, first come first served, the way client-go's rate limiter spaces a controller's
-requests. Up to rate x interval runs each is written every interval; beyond that each is written every
-runs / rate seconds, so the API server's cost of idle training stays flat (1,000 runs at the default 10/s: a write
-per run every 100 s, 0.6 requests per run per minute) while the pushes keep the operator's own view fresh.
+All runs together write status.progress at most `rate` times a second (0: no limit; write_slots.py): each run
+holds its next write slot, claimed when it writes, so up to rate x interval runs each is written every interval
+and beyond that every runs / rate seconds, in turn: the API server's cost of idle training stays flat (1,000 runs
+at the default 10/s: a write per run every 100 s, 0.6 requests per run per minute). `push_after` tells the pod
+when its next record would be written (PUSH_LEAD_S before that slot), so it pushes about once per write and the
+record written is fresh.
 
 Shared between the operator's event loop (push) and kopf's executor threads (take), hence the lock. The clock is
 injected (time.monotonic), so the unit tests drive it.
@@ -28,8 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
 
 from .eta import Anchor, anchor_of, with_eta
+from .write_slots import WriteSlots
 
 MAX_EMPTY_READ_WAIT_S = 120.0
+PUSH_LEAD_S = 1.0  # a pod is asked to push this long before its write slot, so the record written is fresh
+FRESH_S = 5.0  # a record pushed this close to its write is not pushed again before it: the next one is asked for
 log = logging.getLogger(__name__)
 
 
@@ -55,15 +59,14 @@ class _Run:
     fallback_pods: set[str] = field(default_factory=set)  # pods already logged as falling back
     wake_due: bool = False  # a delayed wake is scheduled for the pending record
     read_wait: float | None = None  # the wait before the next log read (doubled by reads that found nothing)
-    slot: float | None = None  # the write slot reserved for the record due (rate-limited stores only)
+    slot: float | None = None  # the write slot this run holds (rate-limited stores only)
 
 
 class ProgressStore:
     def __init__(self, interval: float, stale_after: float, clock: Callable[[], float] = time.monotonic,
                  rate: float = 0.0):
         self.interval, self.stale_after, self._clock = interval, stale_after, clock
-        self._gap = 1.0 / rate if rate > 0 else 0.0  # seconds between two runs' writes
-        self._next_slot = float("-inf")
+        self._slots = WriteSlots(rate)
         self._runs: dict[Hashable, _Run] = {}
         self._lock = threading.Lock()
 
@@ -99,12 +102,14 @@ class ProgressStore:
             if state.pending is not None and state.pushed_pod == pod:
                 if now < self._due(state, state.taken_at + self.interval, now):
                     return Take()
-                record, state.pending, state.taken_at, state.slot = state.pending, None, now, None
+                record, state.pending, state.taken_at = state.pending, None, now
+                self._claim_next(state, now)
                 state.read_wait = None
                 return Take(record=self._with_eta(state, pod, record))
             reads_at = state.taken_at + (state.read_wait or self.interval)
             if self._stale(state, pod, now) and now >= reads_at and now >= self._due(state, reads_at, now):
-                state.taken_at, state.slot = now, None
+                state.taken_at = now
+                self._claim_next(state, now)
                 first = pod not in state.fallback_pods
                 state.fallback_pods.add(pod)
                 return Take(read_log=True, first_fallback=first)
@@ -132,25 +137,52 @@ class ProgressStore:
                 return max(0.0, self._due(state, state.taken_at + self.interval, now) - now)
             last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
             reads_at = max(state.taken_at + (state.read_wait or self.interval), last + self.stale_after)
-            if reads_at <= now:
-                reads_at = self._due(state, reads_at, now)
+            if self._slots.gap:  # the read's slot, without claiming one for a read a push may make needless
+                reads_at = max(reads_at, state.slot if state.slot is not None else self._slots.peek(reads_at, now))
             return max(0.0, reads_at - now)
+
+    def push_after(self, run: Hashable) -> float:
+        """Seconds the run's pod should wait before its next push: until shortly before its next write (the
+        pending record's, or if that one is written right away, the one after)."""
+        now = self._clock()
+        with self._lock:
+            state = self._runs.get(run)
+            if state is None:
+                return self.interval
+            opens = state.taken_at + self.interval
+            write = self._due(state, opens, now) if state.pending is not None else max(opens, state.slot or opens)
+            if write - now <= FRESH_S:  # written soon enough: the pod's next record goes to the next slot,
+                write = max(write, now)  # claimed at that write; while the slots are all held up to where it
+                claim = self._slots.peek(write + self.interval, now)  # would go, more are claimed till then
+                write = claim + (write - now if claim > write + self.interval else 0.0)
+            return max(PUSH_LEAD_S, write - now - PUSH_LEAD_S)
 
     def forget(self, run: Hashable) -> None:
         with self._lock:
-            self._runs.pop(run, None)
+            state = self._runs.pop(run, None)
+            if state is not None and state.slot is not None:
+                self._slots.release(state.slot)
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _due(self, state: _Run, opens: float, now: float) -> float:
-        """When the run may write the progress due at `opens`: then, or, in a rate-limited store, at its write
-        slot, reserved once the progress is due, after every slot already handed out."""
-        if state.slot is not None:
-            return max(opens, state.slot)
-        if not self._gap or opens > now:
+        """When the run may write what is due at `opens`: then, or in a rate-limited store at its write slot
+        (claimed here if it holds none: its first write, or it missed its turn)."""
+        if not self._slots.gap:
             return opens
-        state.slot = max(now, self._next_slot + self._gap)
-        self._next_slot = state.slot
-        return state.slot
+        if state.slot is not None and state.slot < now - PUSH_LEAD_S:  # missed (a late pod): a fresh turn, so
+            self._slots.release(state.slot)  # the slots left unused while runs idled never add up to a burst
+            state.slot = None
+        if state.slot is None:
+            state.slot = self._slots.claim(opens, now)
+        return max(opens, state.slot)
+
+    def _claim_next(self, state: _Run, now: float) -> None:
+        """A write happened: its slot is spent, the run's next one claimed (rate-limited stores)."""
+        if state.slot is not None:
+            self._slots.release(state.slot)
+            state.slot = None
+        if self._slots.gap:
+            state.slot = self._slots.claim(now + self.interval, now)
 
     def _stale(self, state: _Run, pod: str, now: float) -> bool:
         last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at

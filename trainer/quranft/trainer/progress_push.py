@@ -4,10 +4,13 @@ The operator hands the endpoint to the training pod it creates (operator/quranft
 QURANFT_PROGRESS_URL, QURANFT_PROGRESS_TOKEN_FILE (a projected ServiceAccount token for the audience
 quranft-progress, which the kubelet rotates: read fresh for every push) and QURANFT_PROGRESS_CA (the CA's PEM;
 or QURANFT_PROGRESS_CA_FILE). A daemon thread sends the newest record (latest wins: a slow endpoint costs
-skipped records, never a queue) over one kept-alive connection, each POST with a short timeout; a failure is logged once (and a recovery once)
-and never fails or slows training. Without QURANFT_PROGRESS_URL nothing is pushed: the operator reads the log.
+skipped records, never a queue) over one kept-alive connection, each POST with a short timeout; a failure is
+logged once (and a recovery once) and never fails or slows training. The endpoint says when a newer record would
+be written (PUSH_AFTER_HEADER, quranft.contract.progress): the thread waits that long before its next push, and
+closes its connection when the wait outlasts the endpoint's keep-alive (1,000 runs behind the operator's write
+rate limit). Without QURANFT_PROGRESS_URL nothing is pushed: the operator reads the log.
 
-Standard library only: the stub stages of the cluster tests use it too.
+The standard library and the contract only: the stub stages of the cluster tests use it too.
 """
 from __future__ import annotations
 
@@ -23,7 +26,10 @@ URL_ENV = "QURANFT_PROGRESS_URL"
 TOKEN_FILE_ENV = "QURANFT_PROGRESS_TOKEN_FILE"
 CA_ENV = "QURANFT_PROGRESS_CA"
 CA_FILE_ENV = "QURANFT_PROGRESS_CA_FILE"
+from quranft.contract.progress import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S
+
 TIMEOUT_S = 5.0
+MAX_PUSH_WAIT_S = 600.0  # an endpoint's advice is capped: a record at least every 10 min
 
 
 class LatestSlot:
@@ -80,7 +86,8 @@ class KeptAlive:
         self._conn: http.client.HTTPSConnection | None = None
 
     def __call__(self, url: str, token_file: str, context: ssl.SSLContext, doc: Mapping[str, Any],
-                 timeout: float) -> None:
+                 timeout: float) -> float | None:
+        """POST `doc`; the seconds the endpoint asks before the next push (None: it said nothing)."""
         with open(token_file, encoding="utf-8") as fh:  # fresh every time: the kubelet rotates the token
             token = fh.read().strip()
         target = urlsplit(url)
@@ -103,7 +110,11 @@ class KeptAlive:
                 raise
             if response.status >= 300:
                 raise PushRefused(response.status)
-            return
+            after = _seconds(response.getheader(PUSH_AFTER_HEADER))
+            if after is not None and after >= PUSH_KEEPALIVE_S:
+                self._conn.close()  # the endpoint would drop it before the next push anyway
+                self._conn = None
+            return after
 
 
 class ProgressPusher:
@@ -116,8 +127,10 @@ class ProgressPusher:
         self._slot = LatestSlot()
         self._failing = False
         self.sent = 0
+        self.asked_wait: float | None = None  # what the endpoint asked after the last push
         self._idle = threading.Event()
         self._idle.set()
+        self._hurry = threading.Event()  # flush/close: the newest record goes now, whatever the endpoint asked
         self._thread = threading.Thread(target=self._run, name="progress-push", daemon=True)
         self._thread.start()
 
@@ -142,9 +155,11 @@ class ProgressPusher:
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` for the newest record to be sent (or to fail); True when idle."""
+        self._hurry.set()
         return self._idle.wait(timeout)
 
     def close(self) -> None:
+        self._hurry.set()
         self._slot.close()
 
     def _run(self) -> None:
@@ -155,8 +170,9 @@ class ProgressPusher:
                     return
                 self._idle.set()
                 continue
+            after = None
             try:
-                self._send(self.url, self.token_file, self.context, doc, self.timeout)
+                after = self._send(self.url, self.token_file, self.context, doc, self.timeout)
                 self.sent += 1
                 if self._failing:
                     self._log("progress push: recovered")
@@ -169,6 +185,17 @@ class ProgressPusher:
             finally:
                 if not self._slot.pending:
                     self._idle.set()
+            self.asked_wait = after
+            if after:
+                self._hurry.wait(min(after, MAX_PUSH_WAIT_S))  # newer records meanwhile replace each other
+                self._hurry.clear()
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _reason(exc: Exception) -> str:
