@@ -116,6 +116,22 @@ def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:
     return fit.slope * 3600
 
 
+def print_memstats(path: Path, warmup: float) -> None:
+    """Where the growth after the warm-up went (quranft.operator.memstats): Python's arenas, glibc, threads."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["t"] >= warmup] or rows
+    first, last = rows[0], rows[-1]
+    for label, get in (("RSS MiB", lambda r: r["rss_mib"]), ("obmalloc arenas (1 MiB)", lambda r: r["obmalloc"]["arenas"]),
+                       ("obmalloc live MiB", lambda r: r["obmalloc"]["live_mib"]),
+                       ("glibc in use MiB", lambda r: (r["glibc"] or {}).get("in_use_mib")),
+                       ("glibc free, kept MiB", lambda r: (r["glibc"] or {}).get("free_mib")),
+                       ("glibc mmapped MiB", lambda r: (r["glibc"] or {}).get("mmapped_mib")),
+                       ("threads", lambda r: r["threads"]), ("fds", lambda r: r["fds"])):
+        print(f"  memstats {label:<24} t={first['t']:.0f} s: {get(first)}  t={last['t']:.0f} s: {get(last)}")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resources", type=int, default=20, help="runs in flight at once")
@@ -126,11 +142,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--poll-seconds", type=float, default=2.0, help="how often finished runs are replaced")
     p.add_argument("--trace-memory", type=Path, metavar="FILE", help="operator's tracemalloc dumps go to FILE")
     p.add_argument("--trace-every", type=float, default=120.0, help="seconds between those dumps")
+    p.add_argument("--memstats", type=Path, metavar="FILE",
+                   help="the operator samples its allocators into FILE every minute (quranft.operator.memstats: "
+                        "cheap, RSS stays comparable); first and last after the warm-up are printed")
     args = p.parse_args(argv)
     warmup = 60 * (args.warmup_minutes if args.warmup_minutes is not None else args.minutes / 3)
     if args.trace_memory:  # the operator subprocess inherits the environment (clusterkit.Env.start_operator)
         os.environ.update(QURANFT_TRACEMALLOC=str(args.trace_memory.resolve()),
                           QURANFT_TRACEMALLOC_SECONDS=str(args.trace_every))
+
+    if args.memstats:
+        os.environ["QURANFT_MEMSTATS"] = str(args.memstats.resolve())
 
     from clusterkit import resource, scratch_env, script_cluster, stub_commands
     from kubernetes.client.exceptions import ApiException
@@ -189,6 +211,8 @@ def main(argv: list[str]) -> int:
     print(f"  RSS first {samples[0][1]:.1f} MiB, last {samples[-1][1]:.1f} MiB, peak {max(r for _, r in samples):.1f} MiB")
     print(f"  RSS slope after {warmup / 60:.1f} min warm-up: {slope_mib_per_hour(after):+.1f} MiB/h "
           f"(over {len(after)} samples; whole run {slope_mib_per_hour(samples):+.1f} MiB/h)")
+    if args.memstats and args.memstats.exists():
+        print_memstats(args.memstats, warmup)
     print(f"  operator log: {env.log_path}")
     return 0 if failed == 0 else 1
 

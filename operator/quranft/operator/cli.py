@@ -80,9 +80,10 @@ def main(argv: list[str]) -> int:
     from . import campaign_handlers, handlers  # noqa: F401  (register the kopf handlers of runs and campaigns)
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    from .memtrace import install_from_env
+    from . import memstats, memtrace
 
-    install_from_env()  # debug only: QURANFT_TRACEMALLOC=<file> (memtrace.py)
+    memtrace.install_from_env()  # debug only: QURANFT_TRACEMALLOC=<file> (memtrace.py)
+    memstats.install_from_env()  # debug only: QURANFT_MEMSTATS=<file> (memstats.py)
     kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
              liveness_endpoint=args.liveness, memo=kopf.Memo(settings=settings))
     return 0
