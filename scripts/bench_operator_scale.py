@@ -227,7 +227,8 @@ def shell_stub_commands(progress_seconds: float) -> dict[str, list[str]]:
     is never reached while the runs train."""
     from clusterkit import stub_commands
 
-    from quranft.contract.progress import PROGRESS_PREFIX, PUSH_AFTER_HEADER
+    from quranft.contract.progress import PROGRESS_PREFIX
+    from quranft.contract.push import PUSH_AFTER_HEADER
     from quranft.contract.workspace import data_dir
     from quranft.trainer import progress_push as push
 
@@ -518,11 +519,16 @@ def run(args, cluster, log) -> dict:
             hop_passes = reconcile_totals(operator_env.metrics_port)
             hop_cpu = cpu_seconds(pid) - cpu_start
             hop_writes = status_writes(cluster) - writes_start
+            log(f"stage hop done: p50 {percentile(hops, 50):.3f} s, p99 {percentile(hops, 99):.3f} s over {len(hops)} "
+                f"hops" if hops else "stage hop done: no hop measured")
         burst_envs = envs[1:] if hop_ns else envs
         if args.count and args.jobcontroller:
             log(f"kube's Job controller: {args.count} Jobs in {args.namespace_prefix}-{tag}-jobs")
             jobcontroller = jobcontroller_burst(cluster, f"{args.namespace_prefix}-{tag}-jobs", args.count,
                                                 args.timeout, log)
+            if jobcontroller:  # each part's figures as it ends: a later part may not finish on a small machine
+                log(f"job controller done: Job -> Pod p50 {percentile(jobcontroller, 50):.2f} s, p99 "
+                    f"{percentile(jobcontroller, 99):.2f} s ({len(jobcontroller)}/{args.count} pods)")
         if args.count:
             log(f"creating {args.count} runs in {args.namespaces} namespaces ({names[0]} ...)")
             t0, cpu_start = time.time(), cpu_seconds(pid)
@@ -554,9 +560,17 @@ def run(args, cluster, log) -> dict:
             total = reconcile_totals(operator_env.metrics_port)
             burst_cpu = cpu_seconds(pid) - cpu_start
             burst_passes = (total[0] - hop_passes[0], total[1] - hop_passes[1])
+            firsts = watcher.by_stage(watcher.created, "prepare")
+            first_so_far = [firsts[k] - created[k][0] for k in created if k in firsts]
+            if first_so_far:
+                log(f"burst done: create -> first Job p50 {percentile(first_so_far, 50):.2f} s, p99 "
+                    f"{percentile(first_so_far, 99):.2f} s ({len(first_so_far)}/{args.count} runs); training Jobs "
+                    f"for {watcher.count('train', set(names))} in {wall:.0f} s; operator RSS "
+                    f"{proc_status_kib(pid, 'VmRSS') / 1024:.0f} MiB")
             if args.idle_seconds:
                 idle = idle_training(args, cluster, core, custom, names, pid, operator_env.proc,
                                      operator_env.metrics_port, log)
+                log("idle training done: " + json.dumps({k: idle.get(k) for k in IDLE_FIGURES}))
         peak_kib = proc_status_kib(pid, "VmHWM")
     finally:
         watcher.stop()

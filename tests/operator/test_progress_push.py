@@ -16,7 +16,7 @@ from specs import body
 
 from quranft.operator import builders, eta, progress_server as ps
 from quranft.operator.observe import PodView
-from quranft.contract.progress import PUSH_AFTER_HEADER
+from quranft.contract.push import PUSH_AFTER_HEADER
 from quranft.operator.progress_store import ProgressStore, progress_for_pass
 from quranft.operator.settings import OperatorSettings
 from quranft.trainer import progress_push

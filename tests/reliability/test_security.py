@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from proxied import ProxiedEnv
 from pss import violations
 
+from quranft.contract import push
 from quranft.operator import builders
 from quranft.operator.settings import OperatorSettings
 
@@ -137,7 +138,7 @@ def _assert_api_refuses_progress_token(penv, service_account: str) -> None:
     from kubernetes import client
 
     request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-        audiences=[builders.PROGRESS_AUDIENCE], expiration_seconds=600))
+        audiences=[push.AUDIENCE], expiration_seconds=600))
     token = penv.core.create_namespaced_service_account_token(service_account, penv.ns, request).status.token
     config = copy.copy(penv.api.configuration)
     config.api_key = {"authorization": f"Bearer {token}"}
@@ -268,7 +269,7 @@ def test_operator_run_in_a_restricted_namespace_no_warnings_no_token_leak(penv):
         for vol in [v for v in pod.spec.volumes or [] if v.projected]:
             sources = vol.projected.sources
             assert len(sources) == 1 and sources[0].service_account_token is not None, vol
-            assert sources[0].service_account_token.audience == builders.PROGRESS_AUDIENCE
+            assert sources[0].service_account_token.audience == push.AUDIENCE
             assert sources[0].service_account_token.expiration_seconds <= 3600
             _assert_api_refuses_progress_token(penv, pod.spec.service_account_name or "default")
         for c in pod.spec.containers:

@@ -14,15 +14,6 @@ from pydantic.alias_generators import to_camel
 
 PROGRESS_PREFIX = "QURANFT_PROGRESS "
 
-# The push (trainer/progress_push.py -> operator/progress_server.py). The endpoint answers each accepted record
-# with PUSH_AFTER_HEADER: the seconds before a newer record would be written to status.progress (the write
-# interval, longer while the operator's write rate limit queues the runs up); the pod waits that long before its
-# next push and keeps its connection open only when that is under PUSH_KEEPALIVE_S, the endpoint's keep-alive
-# timeout. 1,000 pods then hold no idle TLS connections (asyncio gives each a 256 KiB read buffer) and handshake
-# about as often as the operator writes.
-PUSH_AFTER_HEADER = "Quranft-Push-After"
-PUSH_KEEPALIVE_S = 30.0
-
 
 class ProgressRecord(BaseModel):
     """camelCase on the wire; extra keys allowed (the operator keeps the ones it knows)."""

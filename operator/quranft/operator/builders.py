@@ -34,6 +34,7 @@ from quranft.contract.keys import (  # noqa: F401  (label and annotation names a
 )
 from quranft.contract.workspace import CONFIG_DIR, CONFIG_FILE, CONFIG_KEY, WORKSPACE  # noqa: F401
 from quranft.contract.config import ConfigError, RunConfig, data_spec_hash, format_validation_error
+from quranft.contract import push
 from quranft.trainer import progress_push
 from quranft.trainer.tracking import CLIENT_ENV as MLFLOW_CLIENT_ENV
 
@@ -58,7 +59,6 @@ HUB_TOKEN_DIR = "/var/run/secrets/quranft/hub"
 HUB_TOKEN_FILE = f"{HUB_TOKEN_DIR}/token"
 # The training pod's rank 0 pushes progress to the operator (progress_server.py) with a projected ServiceAccount
 # token for this audience (the kubelet rotates it; TokenReview names the pod it is bound to).
-PROGRESS_AUDIENCE = "quranft-progress"
 PROGRESS_TOKEN_DIR = "/var/run/secrets/quranft/progress"
 PROGRESS_TOKEN_SECONDS = 3600
 # Non-root, above the host's usual user range (checkov CKV_K8S_40); the images create this user too.
@@ -438,7 +438,7 @@ def add_progress_push(pod: dict[str, Any], container: dict[str, Any], settings: 
     """The token volume and env of the progress push (quranft.trainer.progress_push): the endpoint, the token
     file, the CA's PEM (in env: no Secret or ConfigMap for the operator to create or read)."""
     pod["volumes"].append({"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": {
-        "audience": PROGRESS_AUDIENCE, "expirationSeconds": PROGRESS_TOKEN_SECONDS, "path": "token"}}]}})
+        "audience": push.AUDIENCE, "expirationSeconds": PROGRESS_TOKEN_SECONDS, "path": "token"}}]}})
     container["volumeMounts"].append({"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True})
     container["env"] += [
         {"name": progress_push.URL_ENV, "value": settings.progress_endpoint},

@@ -26,14 +26,13 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import ValidationError
 
-from quranft.contract.progress import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S, ProgressRecord
+from quranft.contract.progress import ProgressRecord
+from quranft.contract.push import AUDIENCE, PATH, PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S
 
 from .progress_store import ProgressStore
 from .progress_tls import server_tls
 from .settings import OperatorSettings
 
-AUDIENCE = "quranft-progress"
-PATH = "/v1/progress"
 TOKEN_CACHE_CAP_S = 600.0  # a cached review outlives its pod by at most this much (the index check still runs)
 MAX_BODY = 64 * 1024  # a record is a few hundred bytes
 POD_NAME, POD_UID = "authentication.kubernetes.io/pod-name", "authentication.kubernetes.io/pod-uid"

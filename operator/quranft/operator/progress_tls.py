@@ -40,7 +40,7 @@ def server_tls(cert_file: str, key_file: str, ca_file: str, hosts: list[str]) ->
 def self_signed(hosts: list[str]) -> tuple[bytes, bytes]:
     """(cert PEM, key PEM): a P-256 cert valid for `hosts` (DNS names or IP addresses), its own CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "quranft-progress")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "quranft progress endpoint")])
     sans: list[x509.GeneralName] = []
     for host in dict.fromkeys(hosts):
         try:

@@ -6,11 +6,12 @@ quranft-progress, which the kubelet rotates: read fresh for every push) and QURA
 or QURANFT_PROGRESS_CA_FILE). A daemon thread sends the newest record (latest wins: a slow endpoint costs
 skipped records, never a queue) over one kept-alive connection, each POST with a short timeout; a failure is
 logged once (and a recovery once) and never fails or slows training. The endpoint says when a newer record would
-be written (PUSH_AFTER_HEADER, quranft.contract.progress): the thread waits that long before its next push, and
+be written (PUSH_AFTER_HEADER, quranft.contract.push): the thread waits that long before its next push, and
 closes its connection when the wait outlasts the endpoint's keep-alive (1,000 runs behind the operator's write
 rate limit). Without QURANFT_PROGRESS_URL nothing is pushed: the operator reads the log.
 
-The standard library and the contract only: the stub stages of the cluster tests use it too.
+The standard library and the contract's quranft.contract.push only: the stub stages of the cluster tests use
+it too.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ URL_ENV = "QURANFT_PROGRESS_URL"
 TOKEN_FILE_ENV = "QURANFT_PROGRESS_TOKEN_FILE"
 CA_ENV = "QURANFT_PROGRESS_CA"
 CA_FILE_ENV = "QURANFT_PROGRESS_CA_FILE"
-from quranft.contract.progress import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S
+from quranft.contract.push import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S
 
 TIMEOUT_S = 5.0
 MAX_PUSH_WAIT_S = 600.0  # an endpoint's advice is capped: a record at least every 10 min
