@@ -264,11 +264,20 @@ def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> Proc:
     return Proc.of(child.pid)
 
 
-def _running(sd: StateDir, state: ClusterState) -> bool:
+READY_PATIENCE_S = 30.0  # a loaded API server can miss a /readyz or two; restarting it would end every test on it
+
+
+def _running(sd: StateDir, state: ClusterState, patience: float = READY_PATIENCE_S) -> bool:
+    """All components alive and /readyz ok, asked again for up to `patience` s while the processes live."""
     procs = [Proc.from_json(state.procs[c]) for c in COMPONENTS if c in state.procs]
-    if len(procs) != len(COMPONENTS) or not all(p.alive() for p in procs):
-        return False
-    return api_get(state.ports["apiserver"], sd.pki, "/readyz")[0] == 200
+    deadline = time.monotonic() + patience
+    while len(procs) == len(COMPONENTS) and all(p.alive() for p in procs):
+        if api_get(state.ports["apiserver"], sd.pki, "/readyz")[0] == 200:
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    return False
 
 
 def _handle(sd: StateDir, state: ClusterState) -> Cluster:

@@ -157,7 +157,8 @@ def main(argv: list[str]) -> int:
     with open(log_path, "a") as log:
         operator = subprocess.Popen([sys.executable, "-m", "quranft.cli", "operator", "--namespace", ns,
                                      "--metrics-port", "0", "--image-tag", args.image_tag],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_stop_with_parent)
     say(f"operator running as system:serviceaccount:{access.SA_NAMESPACE}:{access.SA_NAME} (log {log_path})")
     try:
         _apply(kubectl, cluster.kubeconfig, runs, ns)
@@ -195,6 +196,16 @@ def main(argv: list[str]) -> int:
         api.close()
         if args.down:
             controlplane.down(log=say)
+
+
+def _stop_with_parent() -> None:
+    """In the operator's child, before exec: SIGTERM when the demo dies, even killed (its `finally` stops the
+    operator otherwise; a killed demo, e.g. a test's timeout, left the operator running)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1  # prctl(2)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _apply(kubectl: Path, kubeconfig: Path, docs: list[dict], namespace: str | None) -> None:
