@@ -46,7 +46,7 @@ from . import builders, status as st, steps
 from .admission import Admission, charged_gpus
 from .kube import Kube
 from .metrics import Metrics
-from . import progress_server
+from . import heap, progress_server
 from .progress_store import ProgressStore, progress_for_pass
 from .observe import JobView, gather, job_view, pod_view
 from .settings import GROUP, PLURAL, VERSION, OperatorSettings, settings_from_env
@@ -98,6 +98,17 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
 @kopf.on.startup()
 async def start_progress_endpoint(memo: kopf.Memo, run_pods: kopf.Index, **_: Any) -> None:
     memo.progress_endpoint = await progress_server.start(memo, run_pods)
+
+
+@kopf.on.startup()
+async def start_heap_trim(memo: kopf.Memo, **_: Any) -> None:
+    memo.heap_trim = asyncio.get_running_loop().create_task(heap.trim_forever(), name="heap trim")
+
+
+@kopf.on.cleanup()
+async def stop_heap_trim(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "heap_trim", None) is not None:
+        memo.heap_trim.cancel()
 
 
 @kopf.on.cleanup()
