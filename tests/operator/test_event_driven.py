@@ -169,9 +169,15 @@ def test_wakeups_registry_and_sleep():
 
 
 def test_fresher_takes_our_write_until_the_watch_catches_up():
-    live = {"metadata": {"resourceVersion": "10"}, "status": {"phase": "Pending"}}
-    written = {"metadata": {"resourceVersion": "12"}, "status": {"phase": "Training"}}
-    assert handlers._fresher(live, written)["status"]["phase"] == "Training"
+    live = {"metadata": {"resourceVersion": "10", "annotations": {"a": "1"}}, "spec": {"s": 1},
+            "status": {"phase": "Pending"}}
+    written = handlers._kept({"metadata": {"resourceVersion": "12", "annotations": {"a": "1" * 9000}},
+                              "spec": {"s": 2}, "status": {"phase": "Training"}})
+    assert "annotations" not in written["metadata"]  # the loop keeps no second copy of them
+    fresher = handlers._fresher(live, written)
+    assert fresher["status"]["phase"] == "Training" and fresher["spec"] == {"s": 2}
+    assert fresher["metadata"] == {"resourceVersion": "12", "annotations": {"a": "1"}}
+    assert live["metadata"]["resourceVersion"] == "10"  # a copy: kopf's live body is left alone
     assert handlers._fresher({**live, "metadata": {"resourceVersion": "13"}}, written)["metadata"]["resourceVersion"] \
         == "13"
     assert handlers._fresher(live, None) == live and handlers._fresher(live, None) is not live

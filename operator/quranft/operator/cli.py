@@ -80,10 +80,11 @@ def main(argv: list[str]) -> int:
     from . import campaign_handlers, handlers  # noqa: F401  (register the kopf handlers of runs and campaigns)
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    from . import memstats, memtrace
+    from . import memstats, memtrace, tls_buffers
 
     memtrace.install_from_env()  # debug only: QURANFT_TRACEMALLOC=<file> (memtrace.py)
     memstats.install_from_env()  # debug only: QURANFT_MEMSTATS=<file> (memstats.py)
+    tls_buffers.shrink()  # every TLS connection of kopf's loop: the API server's and the pods' pushes
     kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
              liveness_endpoint=args.liveness, memo=kopf.Memo(settings=settings))
     return 0
