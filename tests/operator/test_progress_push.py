@@ -188,6 +188,44 @@ def test_a_rate_limited_store_writes_each_run_in_turn_with_a_fresh_record(runs, 
     assert pushes <= 1.2 * writes + runs  # about one push per write
 
 
+def test_a_new_validation_or_checkpoint_result_is_written_at_once():
+    clock = Clock()
+    store = ProgressStore(interval=10, stale_after=60, clock=clock, rate=1.0)
+    key = ("ns", "r")
+    store.take(key, "p")
+    store.push(key, "p", record(1, 0))
+    assert store.take(key, "p").record["step"] == 1
+    clock.now = 2
+    assert store.push(key, "p", record(2, 2)) == pytest.approx(8)  # held back by the interval
+    assert store.push(key, "p", {**record(3, 2), "valWer": 0.9, "valWerStep": 3}) == 0  # news: wake now
+    assert store.next_in(key, "p") == 0 and store.take(key, "p").record["valWerStep"] == 3
+    clock.now = 3
+    store.push(key, "p", {**record(4, 3), "valWer": 0.9, "valWerStep": 3})
+    assert store.take(key, "p").record is None  # the same result again is no news: the interval again
+    clock.now = 4
+    store.push(key, "p", {**record(5, 4), "valWer": 0.9, "valWerStep": 3, "lastCheckpointStep": 5})
+    assert store.take(key, "p").record["lastCheckpointStep"] == 5
+
+
+def test_the_client_sends_news_without_waiting_for_its_turn():
+    sent = []
+
+    def send(url, token_file, context, doc, timeout):
+        sent.append(doc["step"])
+        return 30.0
+
+    pusher = progress_push.ProgressPusher("https://x/v1/progress", "/nonexistent", None, send=send)
+    pusher.submit({"step": 1})
+    time.sleep(0.2)
+    pusher.submit({"step": 2})
+    time.sleep(0.2)
+    assert sent == [1]  # waiting its 30 s turn
+    pusher.submit({"step": 3, "valWer": 0.5, "valWerStep": 3})
+    time.sleep(0.3)
+    assert sent == [1, 3]  # a validation result goes at once
+    pusher.close()
+
+
 def test_store_falls_back_to_the_log_for_a_pod_that_pushes_nothing():
     clock = Clock()
     store = ProgressStore(interval=10, stale_after=60, clock=clock)

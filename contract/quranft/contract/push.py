@@ -12,3 +12,11 @@ AUDIENCE = "quranft-progress"  # of the pod's projected ServiceAccount token, ch
 PATH = "/v1/progress"
 PUSH_AFTER_HEADER = "Quranft-Push-After"
 PUSH_KEEPALIVE_S = 30.0
+# A record whose validation or checkpoint step is new goes at once and is written at once, not at the next turn:
+# a campaign's early stopping decides on valWer, a stop keeps the last checkpoint.
+NEWS_KEYS = ("valWerStep", "lastCheckpointStep")
+
+
+def news(record: dict, before: dict | None) -> bool:
+    """Whether `record` reports a validation or checkpoint step that `before` (the last one sent/written) did not."""
+    return any(record.get(k) is not None and record.get(k) != (before or {}).get(k) for k in NEWS_KEYS)

@@ -15,7 +15,8 @@ holds its next write slot, claimed when it writes, so up to rate x interval runs
 and beyond that every runs / rate seconds, in turn: the API server's cost of idle training stays flat (1,000 runs
 at the default 10/s: a write per run every 100 s, 0.6 requests per run per minute). `push_after` tells the pod
 when its next record would be written (PUSH_LEAD_S before that slot), so it pushes about once per write and the
-record written is fresh.
+record written is fresh. A record with a new validation or checkpoint step (contract.push.news: what a campaign's
+early stopping and a stop's resume point read) skips both the interval and the slots.
 
 Shared between the operator's event loop (push) and kopf's executor threads (take), hence the lock. The clock is
 injected (time.monotonic), so the unit tests drive it.
@@ -27,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
+
+from quranft.contract.push import news
 
 from .eta import Anchor, anchor_of, with_eta
 from .write_slots import WriteSlots
@@ -60,6 +63,7 @@ class _Run:
     wake_due: bool = False  # a delayed wake is scheduled for the pending record
     read_wait: float | None = None  # the wait before the next log read (doubled by reads that found nothing)
     slot: float | None = None  # the write slot this run holds (rate-limited stores only)
+    last_taken: dict[str, Any] | None = None  # the record last taken, to tell news (contract.push.news)
 
 
 class ProgressStore:
@@ -78,6 +82,9 @@ class ProgressStore:
         with self._lock:
             state = self._runs.setdefault(run, _Run())
             state.pushed_pod, state.pushed_at, state.pending = pod, now, dict(record)
+            if self._news(state, pod):
+                state.wake_due = False
+                return 0.0  # a new validation or checkpoint result is written at once
             if state.wake_due:
                 return None
             delay = max(0.0, self._due(state, state.taken_at + self.interval, now) - now)
@@ -97,12 +104,14 @@ class ProgressStore:
             state = self._runs.setdefault(run, _Run())
             if state.pod != pod:
                 state.pod, state.seen_at = pod, now
-            if now - state.taken_at < self.interval:
+            urgent = self._news(state, pod)
+            if now - state.taken_at < self.interval and not urgent:
                 return Take()
             if state.pending is not None and state.pushed_pod == pod:
-                if now < self._due(state, state.taken_at + self.interval, now):
+                if not urgent and now < self._due(state, state.taken_at + self.interval, now):
                     return Take()
                 record, state.pending, state.taken_at = state.pending, None, now
+                state.last_taken = record
                 self._claim_next(state, now)
                 state.read_wait = None
                 return Take(record=self._with_eta(state, pod, record))
@@ -134,6 +143,8 @@ class ProgressStore:
             if state is None or state.pod != pod:
                 return 0.0  # not seen yet: the next take registers the pod
             if state.pending is not None and state.pushed_pod == pod:
+                if self._news(state, pod):
+                    return 0.0
                 return max(0.0, self._due(state, state.taken_at + self.interval, now) - now)
             last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
             reads_at = max(state.taken_at + (state.read_wait or self.interval), last + self.stale_after)
@@ -164,6 +175,12 @@ class ProgressStore:
                 self._slots.release(state.slot)
 
     # --- helpers ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _news(state: _Run, pod: str) -> bool:
+        """A pending record of this pod with a validation or checkpoint step the last one written lacked: it
+        skips the interval and the write slots (rare: once per validation or checkpoint)."""
+        return state.pending is not None and state.pushed_pod == pod and news(state.pending, state.last_taken)
+
     def _due(self, state: _Run, opens: float, now: float) -> float:
         """When the run may write what is due at `opens`: then, or in a rate-limited store at its write slot
         (claimed here if it holds none: its first write, or it missed its turn)."""

@@ -27,7 +27,7 @@ URL_ENV = "QURANFT_PROGRESS_URL"
 TOKEN_FILE_ENV = "QURANFT_PROGRESS_TOKEN_FILE"
 CA_ENV = "QURANFT_PROGRESS_CA"
 CA_FILE_ENV = "QURANFT_PROGRESS_CA_FILE"
-from quranft.contract.push import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S
+from quranft.contract.push import PUSH_AFTER_HEADER, PUSH_KEEPALIVE_S, news
 
 TIMEOUT_S = 5.0
 MAX_PUSH_WAIT_S = 600.0  # an endpoint's advice is capped: a record at least every 10 min
@@ -129,6 +129,7 @@ class ProgressPusher:
         self._failing = False
         self.sent = 0
         self.asked_wait: float | None = None  # what the endpoint asked after the last push
+        self._last_sent: dict | None = None
         self._idle = threading.Event()
         self._idle.set()
         self._hurry = threading.Event()  # flush/close: the newest record goes now, whatever the endpoint asked
@@ -153,6 +154,8 @@ class ProgressPusher:
         """Never blocks: the record replaces any not yet sent."""
         self._idle.clear()
         self._slot.put(dict(doc))
+        if news(dict(doc), self._last_sent):
+            self._hurry.set()  # a new validation or checkpoint result: no waiting for the endpoint's turn
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` for the newest record to be sent (or to fail); True when idle."""
@@ -174,7 +177,7 @@ class ProgressPusher:
             after = None
             try:
                 after = self._send(self.url, self.token_file, self.context, doc, self.timeout)
-                self.sent += 1
+                self.sent, self._last_sent = self.sent + 1, doc
                 if self._failing:
                     self._log("progress push: recovered")
                 self._failing = False
