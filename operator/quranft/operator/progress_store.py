@@ -146,8 +146,8 @@ class ProgressStore:
                 if self._news(state, pod):
                     return 0.0
                 return max(0.0, self._due(state, state.taken_at + self.interval, now) - now)
-            last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
-            reads_at = max(state.taken_at + (state.read_wait or self.interval), last + self.stale_after)
+            reads_at = max(state.taken_at + (state.read_wait or self.interval),
+                           self._last_heard(state, pod) + self.stale_after)
             if self._slots.gap:  # the read's slot, without claiming one for a read a push may make needless
                 reads_at = max(reads_at, state.slot if state.slot is not None else self._slots.peek(reads_at, now))
             return max(0.0, reads_at - now)
@@ -202,8 +202,12 @@ class ProgressStore:
             state.slot = self._slots.claim(now + self.interval, now)
 
     def _stale(self, state: _Run, pod: str, now: float) -> bool:
-        last = state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
-        return now - last >= self.stale_after
+        return now - self._last_heard(state, pod) >= self.stale_after
+
+    @staticmethod
+    def _last_heard(state: _Run, pod: str) -> float:
+        """When this pod last pushed, or without a push since, when the pass first saw it."""
+        return state.pushed_at if state.pushed_pod == pod and state.pushed_at is not None else state.seen_at
 
     @staticmethod
     def _with_eta(state: _Run, pod: str, record: Mapping[str, Any]) -> dict[str, Any]:
