@@ -332,6 +332,20 @@ def runs_with_progress(custom, namespaces: list[str]) -> int:
                if ((item.get("status") or {}).get("progress") or {}).get("step"))
 
 
+def patiently(read, log, *args, tries: int = 6, pause_s: float = 10.0):
+    """read(*args), asked again on failure: with 1,000 pods running a loaded API server may time a list out
+    (504) or drop the stream; a measurement read is worth a retry, not the whole run."""
+    for attempt in range(1, tries + 1):
+        try:
+            return read(*args)
+        except Exception as err:  # noqa: BLE001  ApiException, urllib3 protocol errors, kubectl exiting 1
+            if attempt == tries:
+                raise
+            log(f"  {read.__name__} failed ({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); "
+                f"asking again in {pause_s:g} s")
+            time.sleep(pause_s)
+
+
 def idle_training(args, cluster, core, custom, names: list[str], pid: int, proc, metrics_port: int, log) -> dict:
     """Once all N training pods run (and a warm-up passed): the operator's cost of N runs that only train."""
     deadline = time.monotonic() + args.timeout
@@ -339,7 +353,7 @@ def idle_training(args, cluster, core, custom, names: list[str], pid: int, proc,
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"operator exited with {proc.returncode}")
-        running = running_train_pods(core, names)
+        running = patiently(running_train_pods, log, core, names)
         log(f"  {running}/{args.count} training pods running, operator RSS "
             f"{proc_status_kib(pid, 'VmRSS') / 1024:.0f} MiB")
         if running >= args.count:
@@ -347,13 +361,13 @@ def idle_training(args, cluster, core, custom, names: list[str], pid: int, proc,
         time.sleep(5)
     time.sleep(args.idle_warmup)
     log(f"idle training: {running} runs, measuring {args.idle_seconds:g} s")
-    before, cpu0, t0 = apiserver_counts(cluster), cpu_seconds(pid), time.monotonic()
+    before, cpu0, t0 = patiently(apiserver_counts, log, cluster), cpu_seconds(pid), time.monotonic()
     before["pushes"] = progress_pushes(metrics_port)
     rss = []
     while time.monotonic() - t0 < args.idle_seconds:
         rss.append(proc_status_kib(pid, "VmRSS") / 1024)
         time.sleep(min(5.0, max(0.1, args.idle_seconds - (time.monotonic() - t0))))
-    after, cpu1, minutes = apiserver_counts(cluster), cpu_seconds(pid), (time.monotonic() - t0) / 60
+    after, cpu1, minutes = patiently(apiserver_counts, log, cluster), cpu_seconds(pid), (time.monotonic() - t0) / 60
     after["pushes"] = progress_pushes(metrics_port)
     rss.append(proc_status_kib(pid, "VmRSS") / 1024)
     per_run_min = lambda key: round((after[key] - before[key]) / minutes / max(running, 1), 3)  # noqa: E731
@@ -365,7 +379,7 @@ def idle_training(args, cluster, core, custom, names: list[str], pid: int, proc,
             "pushes_per_min_per_run": per_run_min("pushes"),
             # what an idle run costs besides its status.progress writes (watches, reads, other writes)
             "other_requests_per_min_per_run": round(per_run_min("operator_requests") - per_run_min("status_writes"), 3),
-            "idle_runs_with_progress": runs_with_progress(custom, names)}
+            "idle_runs_with_progress": patiently(runs_with_progress, log, custom, names)}
 
 
 def stage_hops(watcher: JobWatch, keys: list[tuple[str, str]]) -> list[float]:
