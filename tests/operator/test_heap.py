@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from quranft.operator import heap
+from quranft.operator import glibc, heap
 
 
 def rss_mib() -> float:
@@ -14,7 +14,7 @@ def rss_mib() -> float:
 
 
 def test_trim_returns_the_free_pages_a_burst_left_behind_a_few_live_blocks():
-    trim = heap._malloc_trim()
+    trim = glibc.load_malloc_trim()
     assert trim is not None  # glibc (Debian, the images)
     burst = [os.urandom(1) * 3000 for _ in range(60_000)]  # ~180 MiB of blocks above pymalloc's 512 B, from malloc
     kept = burst[::500]  # a few live ones scattered through the heap pin it: glibc cannot shrink it from the top
@@ -27,7 +27,7 @@ def test_trim_returns_the_free_pages_a_burst_left_behind_a_few_live_blocks():
 
 def test_trim_forever_trims_until_cancelled(monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "_malloc_trim", lambda: calls.append)
+    monkeypatch.setattr(glibc, "load_malloc_trim", lambda: calls.append)
 
     async def scenario():
         task = asyncio.get_running_loop().create_task(heap.trim_forever(every=0.01))

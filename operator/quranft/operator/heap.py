@@ -9,24 +9,16 @@ the heap in a few ms, on the event loop. Elsewhere (musl, macOS) it is a no-op.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
+
+from . import glibc
 
 TRIM_EVERY_S = 60.0
 log = logging.getLogger(__name__)
 
 
-def _malloc_trim():
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
 async def trim_forever(every: float = TRIM_EVERY_S) -> None:
-    trim = _malloc_trim()
+    trim = glibc.load_malloc_trim()
     if trim is None:
         log.info("no glibc malloc_trim here: freed heap memory is left to the allocator")
         return

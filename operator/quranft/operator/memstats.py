@@ -11,7 +11,6 @@ Unlike memtrace.py (tracemalloc) it costs next to nothing, so a soak's RSS stays
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -21,10 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-
-class _MallInfo2(ctypes.Structure):  # glibc >= 2.33, struct mallinfo2 (all size_t)
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+from .glibc import load_mallinfo2
 
 
 def install_from_env(env: dict[str, str] | None = None) -> bool:
@@ -73,12 +69,10 @@ def obmalloc() -> dict:
 
 
 def glibc() -> dict | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-    except (OSError, AttributeError):
+    mallinfo2 = load_mallinfo2()
+    if mallinfo2 is None:
         return None
-    info = libc.mallinfo2()
+    info = mallinfo2()
     mib = lambda n: round(n / 2**20, 1)  # noqa: E731
     return {"heap_mib": mib(info.arena), "mmapped_mib": mib(info.hblkhd), "in_use_mib": mib(info.uordblks),
             "free_mib": mib(info.fordblks)}
