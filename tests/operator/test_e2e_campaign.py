@@ -19,7 +19,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from clusterkit import condition, stub_commands
+from clusterkit import condition, stub_commands, train_stub
 from kubernetes.client.exceptions import ApiException
 
 from quranft.operator import campaign_notify
@@ -59,28 +59,6 @@ production = None if promote is None else {"variant": promote, "modelPath": base
 summary = {"ok": True, "reportPath": "/workspace/campaigns/%s/report.md" % name,
            "plots": ["/workspace/campaigns/%s/metrics.png" % name], "production": production}
 open("/dev/termination-log", "w").write(json.dumps(summary))
-"""
-
-
-# A training stage that validates every step at the WER it is given (the trainer's progress contract: the line,
-# and the push with the trainer's own client).
-TRAIN_STUB = r"""
-import json, sys, time
-from quranft.trainer.progress_push import ProgressPusher
-pusher = ProgressPusher.from_env()
-wer, steps, seconds = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-for i in range(1, steps + 1):
-    time.sleep(seconds / steps)
-    doc = {"step": i, "maxSteps": steps, "loss": 1.0, "epoch": 0, "valWer": wer, "valWerStep": i,
-           "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print("QURANFT_PROGRESS " + json.dumps(doc), flush=True)
-    if pusher:
-        pusher.submit(doc)
-if pusher:
-    pusher.flush(2)
-msg = {"ok": True, "stage": "train", "step": steps, "modelPath": "/workspace/runs/x/model.nemo", "sizeBytes": 1234,
-       "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1, "valWer": wer, "resumedFromStep": None}
-open("/dev/termination-log", "w").write(json.dumps(msg))
 """
 
 
@@ -417,7 +395,7 @@ def test_early_stopping_stops_the_variant_that_trails_the_median(camp):
                          earlyStopping={"rule": "MedianStop", "minStep": 3, "margin": 0.05})
     per_variant = json.loads(body["metadata"]["annotations"][VARIANT_COMMANDS_ANNOTATION])
     for name, wer in (("good", 0.3), ("fine", 0.35), ("broken", 0.95)):
-        per_variant[name]["train"] = ["python", "-c", TRAIN_STUB, str(wer), str(steps), "16"]
+        per_variant[name]["train"] = train_stub(16, steps, wer)
     body["metadata"]["annotations"][VARIANT_COMMANDS_ANNOTATION] = json.dumps(per_variant)
     env.start_operator("--progress-interval", "1")
     camp.create(body)

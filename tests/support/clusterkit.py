@@ -32,7 +32,8 @@ import json, sys, time
 from quranft.contract.exits import REASON_BY_EXIT
 from quranft.contract.workspace import data_dir, model_path
 stage, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-steps = 10
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+val_wer = float(sys.argv[5]) if len(sys.argv) > 5 else None  # each step then reports a validation WER
 pusher = None
 if stage == "train" and seconds > 0:  # a 0 s stage (the perf gate's stage hops) ends before any push could matter
     from quranft.trainer.progress_push import ProgressPusher
@@ -42,6 +43,8 @@ for i in range(1, steps + 1):
     if stage == "train":
         doc = {"step": i, "maxSteps": steps, "loss": round(1.0 / i, 3), "epoch": 0,
                "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if val_wer is not None:
+            doc.update(valWer=val_wer, valWerStep=i)
         print("QURANFT_PROGRESS " + json.dumps(doc), flush=True)
         if pusher:
             pusher.submit(doc)
@@ -55,7 +58,8 @@ elif stage == "prepare":
            "reused": False, "stats": {"train": 8, "val": 2}}
 elif stage == "train":
     msg = {"ok": True, "stage": "train", "step": steps, "modelPath": str(model_path("stub")),
-           "sizeBytes": 1234, "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1, "valWer": 0.2,
+           "sizeBytes": 1234, "sha256": "0" * 64, "dataSpecHash": "stub", "finalLoss": 0.1,
+           "valWer": 0.2 if val_wer is None else val_wer,
            "resumedFromStep": None}
 else:
     m = {"recall": 0.9, "precision": 0.9, "sequenceAccuracy": 0.8, "avgLatency": 0.1, "p50Latency": 0.1,
@@ -74,6 +78,11 @@ def stub_commands(train_seconds: float = 3.0, prepare_seconds: float = 0.5, benc
     return {stage: ["python", "-c", STUB, stage, str(seconds), str(codes.get(stage, 0))]
             for stage, seconds in (("prepare", prepare_seconds), ("train", train_seconds),
                                    ("benchmark", bench_seconds))}
+
+
+def train_stub(seconds: float, steps: int, val_wer: float) -> list[str]:
+    """A training stage of `steps` steps over `seconds` s, each reporting `val_wer` (campaigns' early stopping)."""
+    return ["python", "-c", STUB, "train", str(seconds), "0", str(steps), str(val_wer)]
 
 
 def resource(name: str, *, claim: str | None = "ws", size: str | None = None, gpus: int = 0,
