@@ -9,8 +9,9 @@ bootstrap:
 demo: bootstrap
 	@source .bootstrap.env && quranft demo
 
-# The whole suite (unit, embedded-cluster, end-to-end). .ci/run calls this. The cluster tests and the rest
-# run as two concurrent pytest processes (scripts/run_tests.sh), which print the time per test area.
+# The whole suite (unit, embedded-cluster, end-to-end). .ci/run calls this. The cluster tests that train the
+# real tiny model and the rest run as two concurrent pytest processes, each with its own embedded cluster
+# (scripts/run_tests.sh), which print the time per test area.
 test: bootstrap
 	@source .bootstrap.env && scripts/run_tests.sh $(PYTEST_ARGS)
 

@@ -66,7 +66,8 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the embedded cluster carries the `cluster` marker, however it got the fixture:
-    `make test` runs the cluster tests and the rest as two concurrent pytest processes selected by it."""
+    `make test` runs the cluster tests that also train (`cluster` and `slow`) and the rest as two concurrent
+    pytest processes selected by it."""
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("cluster") is None:
             item.add_marker(pytest.mark.cluster)
