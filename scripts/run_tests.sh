@@ -16,7 +16,7 @@ start=$(date +%s)
 
 # A cluster already started (`quranft cluster up`, $QURANFT_CLUSTER_DIR) serves the heavy run; the rest
 # starts its own beside it, so a test that counts the cluster's one GPU never sees the other run's pods.
-cluster_dir="${QURANFT_CLUSTER_DIR:-$HOME/.cache/quranft/cluster}"
+cluster_dir="$(python -c "from quranft.cluster.controlplane import default_state_dir; print(default_state_dir())")"
 python -m pytest -m "cluster and slow" --junitxml="$out/heavy.xml" "$@" > "$out/heavy.log" 2>&1 &
 heavy_pid=$!
 QURANFT_CLUSTER_DIR="$cluster_dir-rest" \
