@@ -111,9 +111,9 @@ class Campaigns:
         return self.env.custom.list_namespaced_custom_object(GROUP, VERSION, self.env.ns, "quranfinetunes",
                                                              label_selector=selector)["items"]
 
-    def events(self, name: str) -> list:
-        return self.env.core.list_namespaced_event(
-            self.env.ns, field_selector=f"involvedObject.kind=QuranFineTuneCampaign,involvedObject.name={name}").items
+    def events(self, name: str, reasons: set[str]) -> list:
+        """The campaign's events, once `reasons` are among them (clusterkit.Env.events_once)."""
+        return self.env.events_once(name, reasons, kind="QuranFineTuneCampaign")
 
     def report_input(self, name: str) -> dict:
         pods = self.env.core.list_namespaced_pod(self.env.ns, label_selector=f"{LABEL_CAMPAIGN}={name},"
@@ -272,7 +272,7 @@ def test_bad_campaigns_are_refused_and_create_no_child(camp):
     assert other["status"]["reason"] == "InvalidBaseline"
     assert "uses claim other" in condition(other, "VariantsValid")["message"]
     assert camp.children() == []
-    assert any(e.reason == "InvalidVariants" and e.type == "Warning" for e in camp.events("bad"))
+    assert any(e.reason == "InvalidVariants" and e.type == "Warning" for e in camp.events("bad", {"InvalidVariants"}))
 
 
 def test_parallelism_promotion_of_the_improving_variant_and_one_signed_webhook(camp):
@@ -311,7 +311,7 @@ def test_parallelism_promotion_of_the_improving_variant_and_one_signed_webhook(c
         assert s["production"]["child"] == "win-c" and s["production"]["modelPath"].endswith("/win/model.nemo")
         assert s["report"]["path"].endswith("report.md") and s["report"]["plots"]
         assert condition(win, "Promoted")["status"] == "True"
-        assert [e.reason for e in camp.events("win")].count("Promoted") == 1
+        assert [e.reason for e in camp.events("win", {"Promoted"})].count("Promoted") == 1
         # Children: owned, same claim and baseline; the data variant prepared its own copy, the others shared one.
         kids = {k["metadata"]["name"]: k for k in camp.children("win")}
         assert set(kids) == {"win-a", "win-b", "win-c", "win-own-data"}

@@ -189,6 +189,17 @@ class Env:
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{self.log_tail()}")
 
+    def events_once(self, name: str, reasons: set[str], kind: str | None = None, timeout: float = 30) -> list:
+        """The events of object `name` once every one of `reasons` is among them. kopf posts events from its own
+        queue after a pass's status patch, so a test that waited for a phase can read the events before they
+        land (CI: a campaign's Promoted event missing right after its phase Succeeded)."""
+        selector = f"involvedObject.name={name}" + (f",involvedObject.kind={kind}" if kind else "")
+
+        def all_there():
+            events = self.core.list_namespaced_event(self.ns, field_selector=selector).items
+            return events if reasons <= {e.reason for e in events} else None
+        return self.wait(all_there, timeout, f"events {sorted(reasons)} of {name}")
+
     def wait_phase(self, name: str, phases: str | tuple, timeout: float = 120) -> dict:
         phases = (phases,) if isinstance(phases, str) else phases
 
